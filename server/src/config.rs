@@ -1,0 +1,564 @@
+//! Settings from the environment and an optional `.env` file: parsing,
+//! validation with one message per problem, and a summary without secrets.
+//!
+//! This is the only module that reads the environment. The variable names of
+//! the Python deployment stay valid so that its `.env` files work unchanged;
+//! clearer names are accepted beside them as aliases.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every variable as text, exactly as found. Validation happens afterwards so
+/// that each problem can be reported with the variable's real name.
+#[derive(Debug, Default, Deserialize)]
+struct RawEnv {
+    flask_host: Option<String>,
+    flask_port: Option<String>,
+    workers: Option<String>,
+    gunicorn_timeout: Option<String>,
+    request_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    ssl_cert_path: Option<String>,
+    ssl_key_path: Option<String>,
+    mysql_host: Option<String>,
+    mysql_port: Option<String>,
+    mysql_user: Option<String>,
+    mysql_password: Option<String>,
+    mysql_database: Option<String>,
+    mysql_pool_size: Option<String>,
+    mysql_acquire_timeout_ms: Option<String>,
+    mysql_startup_wait: Option<String>,
+    admin_ids: Option<String>,
+    fetch_cache_ttl: Option<String>,
+    fetch_max_workers: Option<String>,
+    cache_max_bytes: Option<String>,
+    stale_ttl: Option<String>,
+    panel_user_timeout: Option<String>,
+    panel_link_timeout: Option<String>,
+    public_base_url: Option<String>,
+    profile_update_interval: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    rust_log: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct MysqlSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    pub pool_size: usize,
+    pub acquire_timeout: Duration,
+    pub startup_wait: Duration,
+}
+
+impl fmt::Debug for MysqlSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("database", &self.database)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The effective configuration of one valhalla process.
+#[derive(Clone)]
+pub struct Settings {
+    pub host: IpAddr,
+    pub port: u16,
+    pub workers: usize,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub tls: Option<TlsFiles>,
+    pub mysql: MysqlSettings,
+    pub admin_ids: Vec<i64>,
+    pub fetch_cache_ttl: Duration,
+    pub fetch_max_workers: usize,
+    pub cache_max_bytes: usize,
+    pub stale_ttl: Duration,
+    pub panel_user_timeout: Duration,
+    pub panel_link_timeout: Duration,
+    pub public_base_url: Option<String>,
+    pub profile_update_interval_hours: u32,
+    pub log_format: LogFormat,
+    /// A `tracing` filter directive: `RUST_LOG` when set, else `LOG_LEVEL`.
+    pub log_filter: String,
+}
+
+/// Every problem found in the configuration, one message each.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.problems.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "config: {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The number of cores this process may use, the base of several defaults.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+impl Settings {
+    /// Reads the process environment, with `.env` in the working directory
+    /// filling in variables the environment does not set.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        let mut variables: HashMap<String, String> = HashMap::new();
+        let dotenv = Path::new(".env");
+        if dotenv.exists() {
+            let entries = dotenvy::from_path_iter(dotenv).map_err(|error| ConfigError {
+                problems: vec![format!("cannot read {}: {error}", dotenv.display())],
+            })?;
+            for entry in entries {
+                let (name, value) = entry.map_err(|error| ConfigError {
+                    problems: vec![format!("cannot parse {}: {error}", dotenv.display())],
+                })?;
+                variables.insert(name, value);
+            }
+        }
+        variables.extend(std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        }));
+        Settings::from_vars(variables, available_cores())
+    }
+
+    /// Builds settings from variable pairs. `cores` feeds the defaults that
+    /// depend on the machine, so tests can fix it.
+    pub fn from_vars<I>(variables: I, cores: usize) -> Result<Settings, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        // Empty values count as unset, as they did for the Python app, whose
+        // `.env` files often carry `SSL_CERT_PATH=` lines.
+        let variables = variables
+            .into_iter()
+            .filter(|(name, value)| !value.trim().is_empty() && name.chars().all(is_env_char));
+        let raw: RawEnv = envy::from_iter(variables).map_err(|error| ConfigError {
+            problems: vec![format!("cannot read the environment: {error}")],
+        })?;
+        let mut check = Checker::default();
+        let cores = cores.max(1);
+
+        let host = check.parse("FLASK_HOST", raw.flask_host.as_deref(), "an IP address", || {
+            IpAddr::from([0, 0, 0, 0])
+        });
+        let port = check.parse("FLASK_PORT", raw.flask_port.as_deref(), "a port number", || 5000);
+        let workers = check.positive("WORKERS", raw.workers.as_deref(), cores, 1024);
+
+        let request_timeout = match (&raw.request_timeout, &raw.gunicorn_timeout) {
+            (Some(value), _) => check.seconds("REQUEST_TIMEOUT", Some(value), 120),
+            (None, value) => check.seconds("GUNICORN_TIMEOUT", value.as_deref(), 120),
+        };
+        let idle_timeout = check.seconds("IDLE_TIMEOUT", raw.idle_timeout.as_deref(), 60);
+        let shutdown_grace = check.seconds("SHUTDOWN_GRACE", raw.shutdown_grace.as_deref(), 30);
+
+        let tls = match (&raw.ssl_cert_path, &raw.ssl_key_path) {
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert: PathBuf::from(cert), key: PathBuf::from(key) })
+            }
+            (Some(_), None) => {
+                check.problem(
+                    "SSL_CERT_PATH is set but SSL_KEY_PATH is not (both are needed for HTTPS)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                check.problem(
+                    "SSL_KEY_PATH is set but SSL_CERT_PATH is not (both are needed for HTTPS)",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+
+        let mysql = MysqlSettings {
+            host: raw.mysql_host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            port: check.parse("MYSQL_PORT", raw.mysql_port.as_deref(), "a port number", || 3306),
+            user: raw.mysql_user.clone().unwrap_or_else(|| "root".into()),
+            password: raw.mysql_password.clone().unwrap_or_default(),
+            database: raw.mysql_database.clone().unwrap_or_else(|| "valhalla".into()),
+            pool_size: check.positive(
+                "MYSQL_POOL_SIZE",
+                raw.mysql_pool_size.as_deref(),
+                5 * cores,
+                10_000,
+            ),
+            acquire_timeout: Duration::from_millis(check.positive(
+                "MYSQL_ACQUIRE_TIMEOUT_MS",
+                raw.mysql_acquire_timeout_ms.as_deref(),
+                250,
+                600_000,
+            ) as u64),
+            startup_wait: check.seconds_or_zero(
+                "MYSQL_STARTUP_WAIT",
+                raw.mysql_startup_wait.as_deref(),
+                60,
+            ),
+        };
+
+        let admin_ids = raw.admin_ids.as_deref().map_or_else(Vec::new, |list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .filter_map(|id| match id.parse::<i64>() {
+                    Ok(id) => Some(id),
+                    Err(_) => {
+                        check.problem(format!(
+                            "ADMIN_IDS must be comma-separated Telegram ids, got {id:?}"
+                        ));
+                        None
+                    }
+                })
+                .collect()
+        });
+
+        let fetch_cache_ttl =
+            check.seconds_or_zero("FETCH_CACHE_TTL", raw.fetch_cache_ttl.as_deref(), 300);
+        let fetch_max_workers =
+            check.positive("FETCH_MAX_WORKERS", raw.fetch_max_workers.as_deref(), 5, 1024);
+        let cache_max_bytes = check.positive(
+            "CACHE_MAX_BYTES",
+            raw.cache_max_bytes.as_deref(),
+            64 << 20,
+            usize::MAX,
+        );
+        let stale_ttl = check.seconds_or_zero("STALE_TTL", raw.stale_ttl.as_deref(), 86_400);
+        let panel_user_timeout =
+            check.seconds("PANEL_USER_TIMEOUT", raw.panel_user_timeout.as_deref(), 15);
+        let panel_link_timeout =
+            check.seconds("PANEL_LINK_TIMEOUT", raw.panel_link_timeout.as_deref(), 20);
+
+        let public_base_url = raw.public_base_url.as_deref().and_then(|url| {
+            let trimmed = url.trim().trim_end_matches('/');
+            if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
+                Some(trimmed.to_string())
+            } else {
+                check.problem(format!(
+                    "PUBLIC_BASE_URL must start with http:// or https://, got {url:?}"
+                ));
+                None
+            }
+        });
+        let profile_update_interval_hours = check.positive(
+            "PROFILE_UPDATE_INTERVAL",
+            raw.profile_update_interval.as_deref(),
+            12,
+            24 * 365,
+        ) as u32;
+
+        let log_format = match raw.log_format.as_deref().map(str::trim) {
+            None => LogFormat::Text,
+            Some(value) if value.eq_ignore_ascii_case("text") => LogFormat::Text,
+            Some(value) if value.eq_ignore_ascii_case("json") => LogFormat::Json,
+            Some(value) => {
+                check.problem(format!("LOG_FORMAT must be text or json, got {value:?}"));
+                LogFormat::Text
+            }
+        };
+        let log_filter = match (&raw.rust_log, &raw.log_level) {
+            (Some(filter), _) => filter.trim().to_string(),
+            (None, Some(level)) => {
+                let level = level.trim().to_ascii_lowercase();
+                if !["error", "warn", "warning", "info", "debug", "trace"].contains(&&*level) {
+                    check.problem(format!(
+                        "LOG_LEVEL must be one of error, warn, info, debug, trace, got {level:?}"
+                    ));
+                }
+                if level == "warning" { "warn".to_string() } else { level }
+            }
+            (None, None) => "info".to_string(),
+        };
+
+        if !check.problems.is_empty() {
+            return Err(ConfigError { problems: check.problems });
+        }
+        Ok(Settings {
+            host,
+            port,
+            workers,
+            request_timeout,
+            idle_timeout,
+            shutdown_grace,
+            tls,
+            mysql,
+            admin_ids,
+            fetch_cache_ttl,
+            fetch_max_workers,
+            cache_max_bytes,
+            stale_ttl,
+            panel_user_timeout,
+            panel_link_timeout,
+            public_base_url,
+            profile_update_interval_hours,
+            log_format,
+            log_filter,
+        })
+    }
+}
+
+impl fmt::Display for Settings {
+    /// The one-line summary logged at startup. It names every effective
+    /// setting that shapes behaviour and never a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "listen={}:{} tls={} workers={} request_timeout={}s idle_timeout={}s \
+             mysql={}@{}:{}/{} password={} pool={} acquire_timeout={}ms admins={} \
+             cache_ttl={}s stale_ttl={}s fetch_workers={} panel_timeouts={}s/{}s public_url={}",
+            self.host,
+            self.port,
+            if self.tls.is_some() { "on" } else { "off" },
+            self.workers,
+            self.request_timeout.as_secs(),
+            self.idle_timeout.as_secs(),
+            self.mysql.user,
+            self.mysql.host,
+            self.mysql.port,
+            self.mysql.database,
+            if self.mysql.password.is_empty() { "none" } else { "set" },
+            self.mysql.pool_size,
+            self.mysql.acquire_timeout.as_millis(),
+            self.admin_ids.len(),
+            self.fetch_cache_ttl.as_secs(),
+            self.stale_ttl.as_secs(),
+            self.fetch_max_workers,
+            self.panel_user_timeout.as_secs(),
+            self.panel_link_timeout.as_secs(),
+            self.public_base_url.as_deref().unwrap_or("unset"),
+        )
+    }
+}
+
+fn is_env_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Collects problems while parsing, so every one is reported at once.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<String>,
+}
+
+impl Checker {
+    fn problem(&mut self, message: impl Into<String>) {
+        self.problems.push(message.into());
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &mut self,
+        name: &str,
+        value: Option<&str>,
+        what: &str,
+        default: impl FnOnce() -> T,
+    ) -> T {
+        match value.map(str::trim) {
+            None => default(),
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                self.problem(format!("{name} must be {what}, got {text:?}"));
+                default()
+            }),
+        }
+    }
+
+    fn positive(&mut self, name: &str, value: Option<&str>, default: usize, max: usize) -> usize {
+        match value.map(str::trim) {
+            None => default,
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if n >= 1 && n <= max => n,
+                _ => {
+                    let range =
+                        if max == usize::MAX { String::new() } else { format!(" up to {max}") };
+                    self.problem(format!("{name} must be a positive integer{range}, got {text:?}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn seconds(&mut self, name: &str, value: Option<&str>, default: u64) -> Duration {
+        match value.map(str::trim) {
+            None => Duration::from_secs(default),
+            Some(text) => match parse_seconds(text) {
+                Some(duration) if !duration.is_zero() => duration,
+                _ => {
+                    self.problem(format!("{name} must be a positive number of seconds, got {text:?}"));
+                    Duration::from_secs(default)
+                }
+            },
+        }
+    }
+
+    fn seconds_or_zero(&mut self, name: &str, value: Option<&str>, default: u64) -> Duration {
+        match value.map(str::trim) {
+            None => Duration::from_secs(default),
+            Some(text) => parse_seconds(text).unwrap_or_else(|| {
+                self.problem(format!("{name} must be a number of seconds, got {text:?}"));
+                Duration::from_secs(default)
+            }),
+        }
+    }
+}
+
+/// Seconds as an integer or a decimal (`120`, `0.5`), at most a year.
+fn parse_seconds(text: &str) -> Option<Duration> {
+    let seconds: f64 = text.parse().ok()?;
+    (seconds.is_finite() && (0.0..=31_536_000.0).contains(&seconds))
+        .then(|| Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let pairs = pairs.iter().map(|(name, value)| (name.to_string(), value.to_string()));
+        Settings::from_vars(pairs, 2)
+    }
+
+    fn problems(pairs: &[(&str, &str)]) -> Vec<String> {
+        match settings(pairs) {
+            Ok(_) => panic!("expected a configuration error for {pairs:?}"),
+            Err(error) => error.problems,
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_core_count() {
+        let settings = settings(&[]).unwrap();
+        assert_eq!(settings.port, 5000);
+        assert_eq!(settings.host.to_string(), "0.0.0.0");
+        assert_eq!(settings.workers, 2);
+        assert_eq!(settings.mysql.pool_size, 10);
+        assert_eq!(settings.request_timeout, Duration::from_secs(120));
+        assert_eq!(settings.mysql.database, "valhalla");
+        assert_eq!(settings.fetch_max_workers, 5);
+        assert_eq!(settings.fetch_cache_ttl, Duration::from_secs(300));
+        assert!(settings.tls.is_none());
+        assert_eq!(settings.log_filter, "info");
+    }
+
+    #[test]
+    fn python_deployment_names_are_read() {
+        let settings = settings(&[
+            ("FLASK_HOST", "127.0.0.1"),
+            ("FLASK_PORT", "8080"),
+            ("WORKERS", "3"),
+            ("GUNICORN_TIMEOUT", "30"),
+            ("MYSQL_POOL_SIZE", "7"),
+            ("ADMIN_IDS", "11, 22,,33"),
+            ("PUBLIC_BASE_URL", "https://sub.example.com/"),
+            ("SSL_CERT_PATH", ""),
+        ])
+        .unwrap();
+        assert_eq!(settings.port, 8080);
+        assert_eq!(settings.workers, 3);
+        assert_eq!(settings.request_timeout, Duration::from_secs(30));
+        assert_eq!(settings.mysql.pool_size, 7);
+        assert_eq!(settings.admin_ids, vec![11, 22, 33]);
+        assert_eq!(settings.public_base_url.as_deref(), Some("https://sub.example.com"));
+        assert!(settings.tls.is_none(), "an empty SSL_CERT_PATH counts as unset");
+    }
+
+    #[test]
+    fn request_timeout_is_an_alias_that_wins() {
+        let settings =
+            settings(&[("GUNICORN_TIMEOUT", "30"), ("REQUEST_TIMEOUT", "45")]).unwrap();
+        assert_eq!(settings.request_timeout, Duration::from_secs(45));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_variable_and_value() {
+        let problems = problems(&[
+            ("MYSQL_POOL_SIZE", "abc"),
+            ("FLASK_PORT", "70000"),
+            ("WORKERS", "0"),
+            ("GUNICORN_TIMEOUT", "-5"),
+            ("LOG_FORMAT", "xml"),
+            ("ADMIN_IDS", "12,bob"),
+        ]);
+        assert_eq!(
+            problems,
+            vec![
+                "FLASK_PORT must be a port number, got \"70000\"",
+                "WORKERS must be a positive integer up to 1024, got \"0\"",
+                "GUNICORN_TIMEOUT must be a positive number of seconds, got \"-5\"",
+                "MYSQL_POOL_SIZE must be a positive integer up to 10000, got \"abc\"",
+                "ADMIN_IDS must be comma-separated Telegram ids, got \"bob\"",
+                "LOG_FORMAT must be text or json, got \"xml\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn one_tls_file_alone_is_an_error() {
+        assert_eq!(
+            problems(&[("SSL_KEY_PATH", "/certs/key.pem")]),
+            vec!["SSL_KEY_PATH is set but SSL_CERT_PATH is not (both are needed for HTTPS)"]
+        );
+        assert_eq!(
+            problems(&[("SSL_CERT_PATH", "/certs/cert.pem")]),
+            vec!["SSL_CERT_PATH is set but SSL_KEY_PATH is not (both are needed for HTTPS)"]
+        );
+    }
+
+    #[test]
+    fn the_summary_never_shows_the_password() {
+        let settings = settings(&[("MYSQL_PASSWORD", "hunter2-secret")]).unwrap();
+        let summary = settings.to_string();
+        assert!(!summary.contains("hunter2"), "{summary}");
+        assert!(summary.contains("password=set"), "{summary}");
+        assert!(!format!("{:?}", settings.mysql).contains("hunter2"));
+    }
+
+    #[test]
+    fn rust_log_takes_precedence_over_log_level() {
+        let settings = settings(&[("LOG_LEVEL", "debug"), ("RUST_LOG", "valhalla=trace")]).unwrap();
+        assert_eq!(settings.log_filter, "valhalla=trace");
+        assert_eq!(
+            problems(&[("LOG_LEVEL", "loud")]),
+            vec!["LOG_LEVEL must be one of error, warn, info, debug, trace, got \"loud\""]
+        );
+    }
+
+    #[test]
+    fn fractional_seconds_are_accepted() {
+        let settings = settings(&[("IDLE_TIMEOUT", "0.5")]).unwrap();
+        assert_eq!(settings.idle_timeout, Duration::from_millis(500));
+    }
+}
