@@ -31,6 +31,7 @@ struct RawEnv {
     mysql_user: Option<String>,
     mysql_password: Option<String>,
     mysql_database: Option<String>,
+    mysql_socket: Option<String>,
     mysql_pool_size: Option<String>,
     mysql_acquire_timeout_ms: Option<String>,
     mysql_startup_wait: Option<String>,
@@ -67,6 +68,9 @@ pub struct MysqlSettings {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// A Unix socket to connect through instead of TCP (local MariaDB with
+    /// socket authentication).
+    pub socket: Option<PathBuf>,
     pub pool_size: usize,
     pub acquire_timeout: Duration,
     pub startup_wait: Duration,
@@ -80,6 +84,7 @@ impl fmt::Debug for MysqlSettings {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("database", &self.database)
+            .field("socket", &self.socket)
             .field("pool_size", &self.pool_size)
             .finish_non_exhaustive()
     }
@@ -213,6 +218,7 @@ impl Settings {
             user: raw.mysql_user.clone().unwrap_or_else(|| "root".into()),
             password: raw.mysql_password.clone().unwrap_or_default(),
             database: raw.mysql_database.clone().unwrap_or_else(|| "valhalla".into()),
+            socket: raw.mysql_socket.as_deref().map(PathBuf::from),
             pool_size: check.positive(
                 "MYSQL_POOL_SIZE",
                 raw.mysql_pool_size.as_deref(),

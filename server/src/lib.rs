@@ -21,3 +21,13 @@ pub mod upstream;
 /// leaves more than twice the measured peak while keeping 2,000 idle
 /// connections at about 128 MiB of reserved (mostly untouched) stack.
 pub const COROUTINE_STACK_SIZE: usize = 64 * 1024;
+
+/// Configures the may runtime: `workers` scheduler threads and the
+/// coroutine stack size. Call it once, before the first coroutine starts.
+///
+/// may counts stack sizes in machine words, not bytes.
+pub fn configure_runtime(workers: usize) {
+    may::config()
+        .set_workers(workers)
+        .set_stack_size(COROUTINE_STACK_SIZE / std::mem::size_of::<usize>());
+}

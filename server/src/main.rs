@@ -90,6 +90,7 @@ fn pool_options(settings: &Settings) -> PoolOptions {
         user: mysql.user.clone(),
         password: mysql.password.clone(),
         database: mysql.database.clone(),
+        socket: mysql.socket.clone(),
         size: mysql.pool_size,
         acquire_timeout: mysql.acquire_timeout,
         connect_timeout: Duration::from_secs(5),
@@ -173,9 +174,7 @@ fn wait_for_database_or_signal(
 
 fn serve(settings: Settings) -> Result<(), Fatal> {
     valhalla::logging::init(&settings);
-    may::config()
-        .set_workers(settings.workers)
-        .set_stack_size(valhalla::COROUTINE_STACK_SIZE);
+    valhalla::configure_runtime(settings.workers);
 
     // Certificate problems are configuration problems: report them before
     // anything else, with the file they concern.

@@ -36,6 +36,8 @@ pub struct PoolOptions {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// MYSQL_SOCKET: connect through this Unix socket instead of TCP.
+    pub socket: Option<std::path::PathBuf>,
     /// MYSQL_POOL_SIZE: the number of connection threads, each with one
     /// connection.
     pub size: usize,
@@ -69,9 +71,13 @@ impl PoolOptions {
         }
     }
 
-    /// `host:port`, as error messages and logs name the database.
+    /// `host:port` (or the socket path), as error messages and logs name
+    /// the database.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        match &self.socket {
+            Some(socket) => socket.display().to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
     }
 
     /// The driver's connection options: TCP only, UTC session time zone,
@@ -100,6 +106,7 @@ impl PoolOptions {
             .user(Some(self.user.clone()))
             .pass(password)
             .db_name(database)
+            .socket(self.socket.as_ref().map(|path| path.display().to_string()))
             .prefer_socket(false)
             .tcp_connect_timeout(Some(self.connect_timeout))
             .read_timeout(Some(self.io_timeout))
@@ -118,6 +125,7 @@ impl Default for PoolOptions {
             user: "root".to_owned(),
             password: String::new(),
             database: "valhalla".to_owned(),
+            socket: None,
             size: 10,
             acquire_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(5),
@@ -139,6 +147,7 @@ impl fmt::Debug for PoolOptions {
             .field("user", &self.user)
             .field("password", &password)
             .field("database", &self.database)
+            .field("socket", &self.socket)
             .field("size", &self.size)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("connect_timeout", &self.connect_timeout)

@@ -21,8 +21,24 @@ use valhalla::http::{Server, TlsAcceptor, TlsError};
 
 use crate::http::{Client, start_with};
 
-/// A fresh directory for one test's files.
-fn scratch_dir(name: &str) -> PathBuf {
+/// A fresh directory for one test's files, removed when the test ends.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch_dir(name: &str) -> Scratch {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "valhalla-tls-{}-{}-{name}",
@@ -30,7 +46,7 @@ fn scratch_dir(name: &str) -> PathBuf {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 fn rsa_key() -> PKey<Private> {

@@ -15,7 +15,7 @@ use std::sync::Once;
 pub fn init_may() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
-        may::config().set_workers(2).set_stack_size(valhalla::COROUTINE_STACK_SIZE);
+        valhalla::configure_runtime(2);
     });
 }
 
