@@ -185,8 +185,9 @@ pub fn db_error_response(error: &DbError) -> Response {
     match error {
         DbError::Exhausted => Response::text(503, "server busy, retry shortly\n")
             .header("Retry-After", "1"),
-        DbError::Timeout => Response::text(503, "database too slow, retry shortly\n")
-            .header("Retry-After", "5"),
+        // The request deadline passed while the query was queued or running:
+        // the same answer the HTTP layer gives for any request out of time.
+        DbError::Timeout => Response::text(504, "gateway timeout\n"),
         _ => {
             tracing::error!(%error, "database request failed");
             Response::text(503, "database unavailable\n").header("Retry-After", "5")

@@ -94,7 +94,10 @@ fn pool_options(settings: &Settings) -> PoolOptions {
         size: mysql.pool_size,
         acquire_timeout: mysql.acquire_timeout,
         connect_timeout: Duration::from_secs(5),
-        io_timeout: settings.request_timeout,
+        // A little longer than a request may take: the request deadline
+        // answers first (504), and a statement hung on a dead database still
+        // frees its connection thread soon after.
+        io_timeout: settings.request_timeout + Duration::from_secs(5),
     }
 }
 
@@ -175,6 +178,10 @@ fn wait_for_database_or_signal(
 fn serve(settings: Settings) -> Result<(), Fatal> {
     valhalla::logging::init(&settings);
     valhalla::configure_runtime(settings.workers);
+    match valhalla::http::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
 
     // Certificate problems are configuration problems: report them before
     // anything else, with the file they concern.

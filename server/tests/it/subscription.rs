@@ -626,3 +626,87 @@ fn a_3x_ui_panel_gives_links_for_every_listed_client() {
         assert!(link.contains("sni=www.example.com") && link.contains("sid=ab12"), "{link}");
     }
 }
+
+/// Holds a write lock on `app_users` from another connection, so every
+/// lookup of the server waits on it while holding its pool connection.
+fn lock_app_users(world: &World) -> mysql::Conn {
+    let mut conn = world.db.conn();
+    conn.query_drop("LOCK TABLES app_users WRITE").unwrap();
+    conn
+}
+
+#[test]
+fn an_exhausted_pool_answers_503_at_once_and_says_so_in_the_log() {
+    let world = World::new("exhausted");
+    world.app_user(OWNER, "ali", KEY);
+    world.local_user(OWNER, "ali", 0, 0);
+    let server = Arc::new(world.server(&[
+        ("MYSQL_POOL_SIZE", "1"),
+        ("MYSQL_ACQUIRE_TIMEOUT_MS", "20"),
+        ("REQUEST_TIMEOUT", "20"),
+    ]));
+    let mut lock = lock_app_users(&world);
+
+    let holder = {
+        let server = Arc::clone(&server);
+        std::thread::spawn(move || sub(&server, "ali", KEY))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let refused = sub(&server, "ali", KEY);
+    let elapsed = started.elapsed();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.header("Retry-After").is_some());
+    assert!(elapsed < Duration::from_millis(100), "refused after {elapsed:?}");
+    server.wait_for_line(
+        "MySQL connection pool exhausted; consider increasing MYSQL_POOL_SIZE",
+        Duration::from_secs(2),
+    );
+
+    lock.query_drop("UNLOCK TABLES").unwrap();
+    assert_eq!(holder.join().unwrap().status, 200);
+    let metrics = client::get(server.addr, "/metrics", &[]).unwrap().text();
+    assert!(metrics.contains("valhalla_db_pool_exhausted_total 1"), "{metrics}");
+}
+
+#[test]
+fn a_request_past_its_deadline_gets_504() {
+    let world = World::new("gateway");
+    world.app_user(OWNER, "ali", KEY);
+    world.local_user(OWNER, "ali", 0, 0);
+    let server = world.server(&[("REQUEST_TIMEOUT", "1")]);
+    let mut lock = lock_app_users(&world);
+    let started = Instant::now();
+    let reply = sub(&server, "ali", KEY);
+    let elapsed = started.elapsed();
+    lock.query_drop("UNLOCK TABLES").unwrap();
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert!(!reply.text().to_lowercase().contains("mysql"), "no internals: {}", reply.text());
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(lines(&sub(&server, "ali", KEY)).len(), 0, "serves again after the lock");
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    let world = World::new("inflight");
+    let panel = marzneshin();
+    panel.add_user("ali", vec![vless("A")]);
+    world.app_user(OWNER, "ali", KEY);
+    world.local_user(OWNER, "ali", 0, 0);
+    let id = world.panel(OWNER, "P", &panel, "marzneshin");
+    world.link(OWNER, "ali", id, "ali");
+    panel.set_mode(Mode::Latency(fakepanel::Latency::Fixed(Duration::from_millis(1500))));
+    let mut server = world.server(&[("SHUTDOWN_GRACE", "10")]);
+    let addr = server.addr;
+    let in_flight = std::thread::spawn(move || {
+        client::get(addr, &format!("/sub/ali/{KEY}/links"), &[]).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(client::get(addr, "/healthz", &[]).is_err(), "no new connections after SIGTERM");
+    let reply = in_flight.join().unwrap();
+    assert_eq!(lines(&reply), vec![vless("A")]);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", server.output());
+}
