@@ -85,7 +85,12 @@ impl App {
         registry: Arc<Registry>,
         http_metrics: HttpMetrics,
     ) -> App {
-        App { db, subscriptions, registry, http_metrics }
+        App {
+            db,
+            subscriptions,
+            registry,
+            http_metrics,
+        }
     }
 
     fn subscription(&self, request: &Request<'_>, username: &str, app_key: &str) -> Outcome {
@@ -93,7 +98,9 @@ impl App {
         else {
             return Outcome::Ready(Response::text(404, "not found\n"));
         };
-        let html = request.header("Accept").is_some_and(|accept| accept.contains("text/html"));
+        let html = request
+            .header("Accept")
+            .is_some_and(|accept| accept.contains("text/html"));
         let scheme = if request.is_tls() { "https" } else { "http" };
         let host = request
             .header("Host")
@@ -108,14 +115,18 @@ impl App {
             origin: format!("{scheme}://{host}"),
         };
         let subscriptions = self.subscriptions.clone();
-        Outcome::Deferred(Box::new(move |deadline| subscriptions.answer(&subscription, deadline)))
+        Outcome::Deferred(Box::new(move |deadline| {
+            subscriptions.answer(&subscription, deadline)
+        }))
     }
 
     fn readyz(&self) -> Outcome {
         let db = self.db.clone();
-        Outcome::Deferred(Box::new(move |deadline| match db.ping(deadline.instant()) {
-            Ok(()) => Response::text(200, "ready\n"),
-            Err(error) => db_error_response(&error),
+        Outcome::Deferred(Box::new(move |deadline| {
+            match db.ping(deadline.instant()) {
+                Ok(()) => Response::text(200, "ready\n"),
+                Err(error) => db_error_response(&error),
+            }
         }))
     }
 }
@@ -137,12 +148,10 @@ impl Service for App {
         match route {
             Route::Healthz => Outcome::Ready(Response::text(200, "ok\n")),
             Route::Readyz => self.readyz(),
-            Route::Metrics => Outcome::Ready(
-                Response::new(200).with_body(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics::render(&self.registry),
-                ),
-            ),
+            Route::Metrics => Outcome::Ready(Response::new(200).with_body(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics::render(&self.registry),
+            )),
             Route::Subscription { username, app_key } => {
                 self.subscription(request, username, app_key)
             }
@@ -151,9 +160,13 @@ impl Service for App {
     }
 
     fn completed(&self, exchange: &Exchange<'_>) {
-        let path = exchange.target.split_once('?').map_or(exchange.target, |(path, _)| path);
+        let path = exchange
+            .target
+            .split_once('?')
+            .map_or(exchange.target, |(path, _)| path);
         let label = route(path).label();
-        self.http_metrics.observe(label, exchange.status, exchange.elapsed);
+        self.http_metrics
+            .observe(label, exchange.status, exchange.elapsed);
         tracing::info!(
             method = exchange.method,
             path = %redact(exchange.target),
@@ -168,7 +181,10 @@ impl Service for App {
 
 /// A percent-encoded path segment as text; `None` when it is not UTF-8.
 fn decode_segment(segment: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(segment).decode_utf8().ok().map(Cow::into_owned)
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(Cow::into_owned)
 }
 
 /// A Host header that can be echoed into a URL: a name or address and an
@@ -176,15 +192,18 @@ fn decode_segment(segment: &str) -> Option<String> {
 fn is_plain_host(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 255
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 /// The one place a database failure becomes an HTTP answer. Bodies stay
 /// generic: the details are in the log, never in front of a client.
 pub fn db_error_response(error: &DbError) -> Response {
     match error {
-        DbError::Exhausted => Response::text(503, "server busy, retry shortly\n")
-            .header("Retry-After", "1"),
+        DbError::Exhausted => {
+            Response::text(503, "server busy, retry shortly\n").header("Retry-After", "1")
+        }
         // The request deadline passed while the query was queued or running:
         // the same answer the HTTP layer gives for any request out of time.
         DbError::Timeout => Response::text(504, "gateway timeout\n"),
@@ -206,10 +225,18 @@ mod tests {
         assert_eq!(route("/metrics"), Route::Metrics);
         assert_eq!(
             route("/sub/ali/k3y/links"),
-            Route::Subscription { username: "ali", app_key: "k3y" }
+            Route::Subscription {
+                username: "ali",
+                app_key: "k3y"
+            }
         );
-        for path in ["/", "/sub/ali/k3y", "/sub//k3y/links", "/sub/ali/k3y/links/x", "/healthz/"]
-        {
+        for path in [
+            "/",
+            "/sub/ali/k3y",
+            "/sub//k3y/links",
+            "/sub/ali/k3y/links/x",
+            "/healthz/",
+        ] {
             assert_eq!(route(path), Route::NotFound, "{path}");
         }
     }
@@ -226,7 +253,10 @@ mod tests {
     #[test]
     fn app_keys_and_queries_never_reach_the_log() {
         assert_eq!(redact("/sub/ali/s3cret/links"), "/sub/ali/<redacted>/links");
-        assert_eq!(redact("/sub/ali/s3cret/links?token=x"), "/sub/ali/<redacted>/links");
+        assert_eq!(
+            redact("/sub/ali/s3cret/links?token=x"),
+            "/sub/ali/<redacted>/links"
+        );
         assert_eq!(redact("/healthz?probe=1"), "/healthz");
         assert_eq!(redact("/metrics"), "/metrics");
     }

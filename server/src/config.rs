@@ -180,10 +180,18 @@ impl Settings {
         let mut check = Checker::default();
         let cores = cores.max(1);
 
-        let host = check.parse("FLASK_HOST", raw.flask_host.as_deref(), "an IP address", || {
-            IpAddr::from([0, 0, 0, 0])
-        });
-        let port = check.parse("FLASK_PORT", raw.flask_port.as_deref(), "a port number", || 5000);
+        let host = check.parse(
+            "FLASK_HOST",
+            raw.flask_host.as_deref(),
+            "an IP address",
+            || IpAddr::from([0, 0, 0, 0]),
+        );
+        let port = check.parse(
+            "FLASK_PORT",
+            raw.flask_port.as_deref(),
+            "a port number",
+            || 5000,
+        );
         let workers = check.positive("WORKERS", raw.workers.as_deref(), cores, 1024);
 
         let request_timeout = match (&raw.request_timeout, &raw.gunicorn_timeout) {
@@ -194,9 +202,10 @@ impl Settings {
         let shutdown_grace = check.seconds("SHUTDOWN_GRACE", raw.shutdown_grace.as_deref(), 30);
 
         let tls = match (&raw.ssl_cert_path, &raw.ssl_key_path) {
-            (Some(cert), Some(key)) => {
-                Some(TlsFiles { cert: PathBuf::from(cert), key: PathBuf::from(key) })
-            }
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            }),
             (Some(_), None) => {
                 check.problem(
                     "SSL_CERT_PATH is set but SSL_KEY_PATH is not (both are needed for HTTPS)",
@@ -214,10 +223,18 @@ impl Settings {
 
         let mysql = MysqlSettings {
             host: raw.mysql_host.clone().unwrap_or_else(|| "127.0.0.1".into()),
-            port: check.parse("MYSQL_PORT", raw.mysql_port.as_deref(), "a port number", || 3306),
+            port: check.parse(
+                "MYSQL_PORT",
+                raw.mysql_port.as_deref(),
+                "a port number",
+                || 3306,
+            ),
             user: raw.mysql_user.clone().unwrap_or_else(|| "root".into()),
             password: raw.mysql_password.clone().unwrap_or_default(),
-            database: raw.mysql_database.clone().unwrap_or_else(|| "valhalla".into()),
+            database: raw
+                .mysql_database
+                .clone()
+                .unwrap_or_else(|| "valhalla".into()),
             socket: raw.mysql_socket.as_deref().map(PathBuf::from),
             pool_size: check.positive(
                 "MYSQL_POOL_SIZE",
@@ -256,8 +273,12 @@ impl Settings {
 
         let fetch_cache_ttl =
             check.seconds_or_zero("FETCH_CACHE_TTL", raw.fetch_cache_ttl.as_deref(), 300);
-        let fetch_max_workers =
-            check.positive("FETCH_MAX_WORKERS", raw.fetch_max_workers.as_deref(), 5, 1024);
+        let fetch_max_workers = check.positive(
+            "FETCH_MAX_WORKERS",
+            raw.fetch_max_workers.as_deref(),
+            5,
+            1024,
+        );
         let cache_max_bytes = check.positive(
             "CACHE_MAX_BYTES",
             raw.cache_max_bytes.as_deref(),
@@ -306,13 +327,19 @@ impl Settings {
                         "LOG_LEVEL must be one of error, warn, info, debug, trace, got {level:?}"
                     ));
                 }
-                if level == "warning" { "warn".to_string() } else { level }
+                if level == "warning" {
+                    "warn".to_string()
+                } else {
+                    level
+                }
             }
             (None, None) => "info".to_string(),
         };
 
         if !check.problems.is_empty() {
-            return Err(ConfigError { problems: check.problems });
+            return Err(ConfigError {
+                problems: check.problems,
+            });
         }
         Ok(Settings {
             host,
@@ -357,7 +384,11 @@ impl fmt::Display for Settings {
             self.mysql.host,
             self.mysql.port,
             self.mysql.database,
-            if self.mysql.password.is_empty() { "none" } else { "set" },
+            if self.mysql.password.is_empty() {
+                "none"
+            } else {
+                "set"
+            },
             self.mysql.pool_size,
             self.mysql.acquire_timeout.as_millis(),
             self.admin_ids.len(),
@@ -408,9 +439,14 @@ impl Checker {
             Some(text) => match text.parse::<usize>() {
                 Ok(n) if n >= 1 && n <= max => n,
                 _ => {
-                    let range =
-                        if max == usize::MAX { String::new() } else { format!(" up to {max}") };
-                    self.problem(format!("{name} must be a positive integer{range}, got {text:?}"));
+                    let range = if max == usize::MAX {
+                        String::new()
+                    } else {
+                        format!(" up to {max}")
+                    };
+                    self.problem(format!(
+                        "{name} must be a positive integer{range}, got {text:?}"
+                    ));
                     default
                 }
             },
@@ -423,7 +459,9 @@ impl Checker {
             Some(text) => match parse_seconds(text) {
                 Some(duration) if !duration.is_zero() => duration,
                 _ => {
-                    self.problem(format!("{name} must be a positive number of seconds, got {text:?}"));
+                    self.problem(format!(
+                        "{name} must be a positive number of seconds, got {text:?}"
+                    ));
                     Duration::from_secs(default)
                 }
             },
@@ -453,7 +491,9 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let pairs = pairs.iter().map(|(name, value)| (name.to_string(), value.to_string()));
+        let pairs = pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()));
         Settings::from_vars(pairs, 2)
     }
 
@@ -497,14 +537,19 @@ mod tests {
         assert_eq!(settings.request_timeout, Duration::from_secs(30));
         assert_eq!(settings.mysql.pool_size, 7);
         assert_eq!(settings.admin_ids, vec![11, 22, 33]);
-        assert_eq!(settings.public_base_url.as_deref(), Some("https://sub.example.com"));
-        assert!(settings.tls.is_none(), "an empty SSL_CERT_PATH counts as unset");
+        assert_eq!(
+            settings.public_base_url.as_deref(),
+            Some("https://sub.example.com")
+        );
+        assert!(
+            settings.tls.is_none(),
+            "an empty SSL_CERT_PATH counts as unset"
+        );
     }
 
     #[test]
     fn request_timeout_is_an_alias_that_wins() {
-        let settings =
-            settings(&[("GUNICORN_TIMEOUT", "30"), ("REQUEST_TIMEOUT", "45")]).unwrap();
+        let settings = settings(&[("GUNICORN_TIMEOUT", "30"), ("REQUEST_TIMEOUT", "45")]).unwrap();
         assert_eq!(settings.request_timeout, Duration::from_secs(45));
     }
 

@@ -52,10 +52,17 @@ impl From<anyhow::Error> for Fatal {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] | ["serve"] => Settings::from_env().map_err(Fatal::from).and_then(serve),
         ["migrate"] => Settings::from_env().map_err(Fatal::from).and_then(migrate),
-        ["healthcheck"] => Settings::from_env().map_err(Fatal::from).and_then(healthcheck),
+        ["healthcheck"] => Settings::from_env()
+            .map_err(Fatal::from)
+            .and_then(healthcheck),
         ["--version" | "-V"] => {
             println!("valhalla {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -64,7 +71,9 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             Ok(())
         }
-        other => Err(Fatal::Config(format!("unknown arguments {other:?}\n{USAGE}"))),
+        other => Err(Fatal::Config(format!(
+            "unknown arguments {other:?}\n{USAGE}"
+        ))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,8 +135,8 @@ enum Event {
 /// Forwards SIGTERM and SIGINT to `events`. Installed first, so that a
 /// signal during the wait for the database stops the process at once.
 fn forward_signals(events: mpsc::Sender<Event>) -> anyhow::Result<()> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("install signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -231,7 +240,11 @@ fn serve(settings: Settings) -> Result<(), Fatal> {
     loop {
         match incoming.recv() {
             Ok(Event::Signal(signal)) => {
-                tracing::info!(signal, grace_s = settings.shutdown_grace.as_secs(), "shutting down");
+                tracing::info!(
+                    signal,
+                    grace_s = settings.shutdown_grace.as_secs(),
+                    "shutting down"
+                );
                 break;
             }
             Ok(Event::DatabaseReady(_)) => {}
@@ -269,7 +282,9 @@ fn healthcheck(settings: Settings) -> Result<(), Fatal> {
         println!("healthy");
         Ok(())
     } else {
-        Err(Fatal::Runtime(anyhow::anyhow!("health check of {addr} answered {status}")))
+        Err(Fatal::Runtime(anyhow::anyhow!(
+            "health check of {addr} answered {status}"
+        )))
     }
 }
 
@@ -289,7 +304,9 @@ fn probe(addr: SocketAddr, tls: bool) -> anyhow::Result<u16> {
             .danger_accept_invalid_hostnames(true)
             .build()
             .context("set up TLS")?;
-        let mut stream = connector.connect("localhost", stream).context("TLS handshake")?;
+        let mut stream = connector
+            .connect("localhost", stream)
+            .context("TLS handshake")?;
         stream.write_all(request.as_bytes())?;
         let _ = stream.read_to_end(&mut answer);
     } else {

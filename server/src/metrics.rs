@@ -22,8 +22,9 @@ struct RouteLabel {
 
 /// Latency buckets in seconds: from a cached answer (a millisecond) to the
 /// panel time-outs of tens of seconds.
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
@@ -56,8 +57,12 @@ impl HttpMetrics {
     }
 
     pub fn observe(&self, route: &'static str, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RouteStatus { route, status }).inc();
-        self.latency.get_or_create(&RouteLabel { route }).observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RouteStatus { route, status })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabel { route })
+            .observe(elapsed.as_secs_f64());
     }
 }
 

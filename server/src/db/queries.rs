@@ -85,7 +85,11 @@ fn owner_set(column: &str, admin_ids: &[i64]) -> String {
     if admin_ids.is_empty() {
         return format!("{column} = au.telegram_user_id");
     }
-    let admins = admin_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let admins = admin_ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     format!(
         "({column} = au.telegram_user_id \
          OR (au.telegram_user_id IN ({admins}) AND {column} IN ({admins})))"
@@ -95,7 +99,11 @@ fn owner_set(column: &str, admin_ids: &[i64]) -> String {
 /// The same rule for statements that know the owner id as a parameter.
 fn owner_set_of_param(column: &str, owner_id: i64, admin_ids: &[i64]) -> String {
     if admin_ids.contains(&owner_id) {
-        let admins = admin_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let admins = admin_ids
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         format!("{column} IN ({admins})")
     } else {
         format!("{column} = {owner_id}")
@@ -158,7 +166,11 @@ impl Queries {
                 OR (l.id IS NULL AND {owner:p.telegram_user_id}) \
              WHERE {owner:u.owner_id} ORDER BY u.id, l.id, p.id"
             .to_string();
-        Queries { lookup, owner_panels, owner_accounts }
+        Queries {
+            lookup,
+            owner_panels,
+            owner_accounts,
+        }
     }
 
     /// Reads the owner, the local user, the agent and the panel accounts
@@ -393,7 +405,8 @@ fn take<T: mysql::prelude::FromValue>(row: &mut Row, index: usize) -> Result<T, 
 
 /// A JSON array built by `JSON_ARRAYAGG`; NULL (no rows) is empty.
 fn json_list<T: serde::de::DeserializeOwned>(json: Option<String>) -> Vec<T> {
-    json.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default()
+    json.and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -403,7 +416,10 @@ mod tests {
     #[test]
     fn owner_markers_follow_the_admin_rule() {
         let sql = "WHERE {owner:p.telegram_user_id} AND {owner:u.owner_id}";
-        assert_eq!(with_owner(sql, 7, &[1, 2]), "WHERE p.telegram_user_id = 7 AND u.owner_id = 7");
+        assert_eq!(
+            with_owner(sql, 7, &[1, 2]),
+            "WHERE p.telegram_user_id = 7 AND u.owner_id = 7"
+        );
         assert_eq!(
             with_owner(sql, 2, &[1, 2]),
             "WHERE p.telegram_user_id IN (1,2) AND u.owner_id IN (1,2)"
@@ -412,7 +428,10 @@ mod tests {
 
     #[test]
     fn without_admins_the_owner_set_is_the_owner() {
-        assert_eq!(owner_set("u.owner_id", &[]), "u.owner_id = au.telegram_user_id");
+        assert_eq!(
+            owner_set("u.owner_id", &[]),
+            "u.owner_id = au.telegram_user_id"
+        );
         assert!(owner_set("u.owner_id", &[5]).contains("au.telegram_user_id IN (5)"));
     }
 }

@@ -26,7 +26,9 @@ use crate::upstream::{PanelError, PanelKind, PanelRef, Panels};
 /// How long a claimed disable waits before another request may retry it,
 /// and the back-off of later retries: 1, 2, 4 ... minutes, at most 6 hours.
 fn retry_backoff_seconds(attempt: u32) -> u32 {
-    60u32.saturating_mul(1 << attempt.saturating_sub(1).min(9)).min(6 * 3600)
+    60u32
+        .saturating_mul(1 << attempt.saturating_sub(1).min(9))
+        .min(6 * 3600)
 }
 
 /// The knobs of the endpoint, from the configuration.
@@ -122,7 +124,13 @@ impl FlowMetrics {
             "timeout" => "timeout",
             _ => "error",
         };
-        self.panel_calls.get_or_create(&PanelCallLabels { panel_id, call, outcome }).inc();
+        self.panel_calls
+            .get_or_create(&PanelCallLabels {
+                panel_id,
+                call,
+                outcome,
+            })
+            .inc();
         self.panel_latency
             .get_or_create(&PanelLabels { panel_id, call })
             .observe(started.elapsed().as_secs_f64());
@@ -145,11 +153,17 @@ struct Inner {
 }
 
 fn weigh(key: &LinkKey, links: &LinkList) -> usize {
-    key.1.len() + links.iter().map(|link| link.len() + std::mem::size_of::<String>()).sum::<usize>()
+    key.1.len()
+        + links
+            .iter()
+            .map(|link| link.len() + std::mem::size_of::<String>())
+            .sum::<usize>()
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Why a user is not served links.
@@ -202,7 +216,11 @@ fn display_name(account: &PanelAccount) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     let name = name.trim();
-    if name.is_empty() { format!("panel {}", account.panel_id) } else { name.to_string() }
+    if name.is_empty() {
+        format!("panel {}", account.panel_id)
+    } else {
+        name.to_string()
+    }
 }
 
 impl Subscriptions {
@@ -210,7 +228,16 @@ impl Subscriptions {
         let cache = Cache::new(settings.cache.clone(), weigh, registry);
         let metrics = FlowMetrics::register(registry);
         let queries = Queries::new(&settings.admin_ids);
-        Subscriptions { inner: Arc::new(Inner { db, panels, queries, cache, settings, metrics }) }
+        Subscriptions {
+            inner: Arc::new(Inner {
+                db,
+                panels,
+                queries,
+                cache,
+                settings,
+                metrics,
+            }),
+        }
     }
 
     /// Answers one subscription request by `deadline`.
@@ -248,13 +275,22 @@ impl Subscriptions {
 
         let (links, failures) = self.collect_links(&lookup.accounts, deadline);
         let body = if links.is_empty() {
-            failures.iter().map(|name| format!("# {name}: unavailable\n")).collect()
+            failures
+                .iter()
+                .map(|name| format!("# {name}: unavailable\n"))
+                .collect()
         } else {
             let mut body = links.join("\n");
             body.push('\n');
             body
         };
-        self.finish(request, &user, UserState::Active, quota_header_list(&quota_of(&user)), body)
+        self.finish(
+            request,
+            &user,
+            UserState::Active,
+            quota_header_list(&quota_of(&user)),
+            body,
+        )
     }
 
     /// A user the gates stop: make sure the remote accounts get disabled,
@@ -308,9 +344,9 @@ impl Subscriptions {
                 .is_some()
         } else {
             let lease = retry_backoff_seconds(1);
-            self.inner
-                .db
-                .run(deadline.instant(), move |conn| queries::claim_disable(conn, subject, lease))?
+            self.inner.db.run(deadline.instant(), move |conn| {
+                queries::claim_disable(conn, subject, lease)
+            })?
         };
         if !claimed {
             return Ok(());
@@ -354,7 +390,9 @@ impl Subscriptions {
                 Ok(()) => "ok",
                 Err(error) => error.kind(),
             };
-            this.inner.metrics.panel_call(account.panel_id, "disable", started, outcome);
+            this.inner
+                .metrics
+                .panel_call(account.panel_id, "disable", started, outcome);
             result
         });
 
@@ -366,7 +404,10 @@ impl Subscriptions {
             inner
                 .metrics
                 .disables
-                .get_or_create(&DisableLabels { panel_id: account.panel_id, outcome })
+                .get_or_create(&DisableLabels {
+                    panel_id: account.panel_id,
+                    outcome,
+                })
                 .inc();
             if !confirmed {
                 failed += 1;
@@ -386,14 +427,20 @@ impl Subscriptions {
 
         let deadline = Instant::now() + Duration::from_secs(10);
         let done = if failed == 0 {
-            inner.db.run(deadline, move |conn| queries::finish_disable(conn, subject))
+            inner
+                .db
+                .run(deadline, move |conn| queries::finish_disable(conn, subject))
         } else {
             // The claim already set the next attempt; nothing to write.
             Ok(())
         };
         match done {
             Ok(()) if failed == 0 => {
-                tracing::info!(?subject, accounts = accounts.len(), "remote accounts disabled");
+                tracing::info!(
+                    ?subject,
+                    accounts = accounts.len(),
+                    "remote accounts disabled"
+                );
             }
             Ok(()) => {}
             Err(error) => tracing::warn!(%error, ?subject, "cannot record the finished disable"),
@@ -412,7 +459,10 @@ impl Subscriptions {
         // answer can still carry whatever arrived in time.
         let remaining = deadline.remaining();
         let margin = (remaining / 10).clamp(Duration::from_millis(50), Duration::from_secs(2));
-        let fetch_deadline = deadline.instant().checked_sub(margin).unwrap_or(deadline.instant());
+        let fetch_deadline = deadline
+            .instant()
+            .checked_sub(margin)
+            .unwrap_or(deadline.instant());
 
         let answers = self.run_parallel(accounts, fetch_deadline, move |this, account| {
             this.cached_links(account, fetch_deadline)
@@ -453,8 +503,11 @@ impl Subscriptions {
                     continue;
                 }
             };
-            let names: HashSet<String> =
-                account.disabled_names.iter().map(|name| links::canonical_name(name)).collect();
+            let names: HashSet<String> = account
+                .disabled_names
+                .iter()
+                .map(|name| links::canonical_name(name))
+                .collect();
             let numbers: HashSet<u32> = account.disabled_numbers.iter().copied().collect();
             per_panel.push(links::apply_panel_filters(links.to_vec(), &names, &numbers));
         }
@@ -469,13 +522,18 @@ impl Subscriptions {
         let key = (account.panel_id, account.remote_username.clone());
         self.inner.cache.get_or_fetch(key, deadline, || {
             let started = Instant::now();
-            let result =
-                self.inner.panels.fetch_links(&panel_ref(account), &account.remote_username, deadline);
+            let result = self.inner.panels.fetch_links(
+                &panel_ref(account),
+                &account.remote_username,
+                deadline,
+            );
             let outcome = match &result {
                 Ok(_) => "ok",
                 Err(error) => error.kind(),
             };
-            self.inner.metrics.panel_call(account.panel_id, "links", started, outcome);
+            self.inner
+                .metrics
+                .panel_call(account.panel_id, "links", started, outcome);
             result.map(LinkList::from).map_err(Arc::new)
         })
     }
@@ -483,7 +541,12 @@ impl Subscriptions {
     /// Runs `work` for every account on at most `FETCH_MAX_WORKERS`
     /// coroutines and collects the results in account order. A result that
     /// is not in by `deadline` is `None`; its coroutine finishes on its own.
-    fn run_parallel<T, F>(&self, accounts: &[PanelAccount], deadline: Instant, work: F) -> Vec<Option<T>>
+    fn run_parallel<T, F>(
+        &self,
+        accounts: &[PanelAccount],
+        deadline: Instant,
+        work: F,
+    ) -> Vec<Option<T>>
     where
         T: Send + 'static,
         F: Fn(&Subscriptions, &PanelAccount) -> T + Send + Sync + 'static,
@@ -499,12 +562,19 @@ impl Subscriptions {
         let (sender, receiver) = may::sync::mpsc::channel();
         let workers = self.inner.settings.fetch_max_workers.clamp(1, total);
         for _ in 0..workers {
-            let (this, jobs, next, work, sender) =
-                (self.clone(), jobs.clone(), next.clone(), work.clone(), sender.clone());
+            let (this, jobs, next, work, sender) = (
+                self.clone(),
+                jobs.clone(),
+                next.clone(),
+                work.clone(),
+                sender.clone(),
+            );
             may::go!(move || {
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(account) = jobs.get(index) else { break };
+                    let Some(account) = jobs.get(index) else {
+                        break;
+                    };
                     if Instant::now() >= deadline {
                         break;
                     }
@@ -533,8 +603,10 @@ impl Subscriptions {
     /// The answer for an unknown owner or user.
     fn not_found(&self, request: &SubscriptionRequest, status: u16) -> Response {
         if request.html {
-            Response::new(status)
-                .with_body("text/html; charset=utf-8", page::render_not_found(request.lang))
+            Response::new(status).with_body(
+                "text/html; charset=utf-8",
+                page::render_not_found(request.lang),
+            )
         } else {
             Response::text(status, "not found\n")
         }
@@ -552,7 +624,10 @@ impl Subscriptions {
     ) -> Response {
         let settings = &self.inner.settings;
         let quota = quota_of(user);
-        let base = settings.public_base_url.as_deref().unwrap_or(&request.origin);
+        let base = settings
+            .public_base_url
+            .as_deref()
+            .unwrap_or(&request.origin);
         let url = headers::subscription_url(base, &request.username, &request.app_key);
         let quota_headers = if quota_headers.is_empty() {
             quota_header_list(&quota)
@@ -580,7 +655,8 @@ impl Subscriptions {
         }
         let (name, value) = headers::subscription_userinfo(&quota);
         response.set_header(name, value);
-        let (name, value) = headers::profile_update_interval(settings.profile_update_interval_hours);
+        let (name, value) =
+            headers::profile_update_interval(settings.profile_update_interval_hours);
         response.set_header(name, value);
         let (name, value) = headers::profile_title(&user.username);
         response.set_header(name, value);
@@ -645,8 +721,14 @@ mod tests {
     fn the_user_gate_checks_quota_then_expiry() {
         assert_eq!(user_block(&user(0, 10, None), 100), None);
         assert_eq!(user_block(&user(10, 9, Some(101)), 100), None);
-        assert_eq!(user_block(&user(10, 10, None), 100), Some(Block::LimitReached));
-        assert_eq!(user_block(&user(0, 0, Some(100)), 100), Some(Block::Expired));
+        assert_eq!(
+            user_block(&user(10, 10, None), 100),
+            Some(Block::LimitReached)
+        );
+        assert_eq!(
+            user_block(&user(0, 0, Some(100)), 100),
+            Some(Block::Expired)
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ use crate::support::process::{self, Server};
 use crate::support::proxy::Proxy;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
 }
 
 fn with_db(db: &TestDb, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -22,7 +25,10 @@ fn with_db(db: &TestDb, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 fn run_to_end(args: &[&str], vars: &[(String, String)]) -> (i32, String, String) {
-    let output = process::command(vars).args(args).output().expect("run valhalla");
+    let output = process::command(vars)
+        .args(args)
+        .output()
+        .expect("run valhalla");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -86,7 +92,10 @@ fn dotenv_in_the_working_directory_is_read_and_the_environment_wins() {
         .expect("run valhalla");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.trim(), "valhalla: config: FLASK_PORT must be a port number, got \"notaport\"");
+    assert_eq!(
+        stderr.trim(),
+        "valhalla: config: FLASK_PORT must be a port number, got \"notaport\""
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -96,8 +105,17 @@ fn serves_operational_routes_and_creates_the_schema() {
     let server = Server::start(&with_db(&db, &[]));
 
     let tables: Vec<String> = db.conn().query("SHOW TABLES").unwrap();
-    for table in ["app_users", "local_users", "agents", "panels", "local_user_panel_links"] {
-        assert!(tables.iter().any(|t| t == table), "{table} missing from {tables:?}");
+    for table in [
+        "app_users",
+        "local_users",
+        "agents",
+        "panels",
+        "local_user_panel_links",
+    ] {
+        assert!(
+            tables.iter().any(|t| t == table),
+            "{table} missing from {tables:?}"
+        );
     }
 
     let health = client::get(server.addr, "/healthz", &[]).unwrap();
@@ -108,15 +126,22 @@ fn serves_operational_routes_and_creates_the_schema() {
     let missing = client::get(server.addr, "/nothing-here", &[]).unwrap();
     assert_eq!(missing.status, 404);
 
-    let post = client::request(server.addr, "POST", "/healthz", &[("Content-Length", "0")]).unwrap();
+    let post =
+        client::request(server.addr, "POST", "/healthz", &[("Content-Length", "0")]).unwrap();
     assert_eq!(post.status, 405);
     assert_eq!(post.header("Allow"), Some("GET, HEAD"));
 
     let metrics = client::get(server.addr, "/metrics", &[]).unwrap();
     let text = metrics.text();
     assert_eq!(metrics.status, 200);
-    assert!(text.contains("valhalla_http_requests_total{route=\"healthz\",status=\"200\"}"), "{text}");
-    assert!(text.contains("valhalla_http_requests_total{route=\"not_found\",status=\"404\"} 1"), "{text}");
+    assert!(
+        text.contains("valhalla_http_requests_total{route=\"healthz\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("valhalla_http_requests_total{route=\"not_found\",status=\"404\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("valhalla_db_pool_size"), "{text}");
     assert!(text.contains("valhalla_db_pool_exhausted_total"), "{text}");
 
@@ -126,13 +151,19 @@ fn serves_operational_routes_and_creates_the_schema() {
 #[test]
 fn access_log_is_json_on_request_and_never_shows_the_app_key() {
     let db = TestDb::create("json");
-    let server = Server::start(&with_db(&db, &[("LOG_FORMAT", "json"), ("LOG_LEVEL", "info")]));
+    let server = Server::start(&with_db(
+        &db,
+        &[("LOG_FORMAT", "json"), ("LOG_LEVEL", "info")],
+    ));
     let _ = client::get(server.addr, "/sub/ali/Sup3rS3cretKey/links?x=1", &[]).unwrap();
     let line = server.wait_for_line("/sub/ali/", Duration::from_secs(5));
     let record: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(record["path"], "/sub/ali/<redacted>/links");
     assert_eq!(record["method"], "GET");
-    assert!(record["status"].is_u64() && record["bytes"].is_u64(), "{line}");
+    assert!(
+        record["status"].is_u64() && record["bytes"].is_u64(),
+        "{line}"
+    );
     assert!(!server.output().contains("Sup3rS3cretKey"));
     let startup = server.wait_for_line("\"starting\"", Duration::from_secs(1));
     assert!(startup.contains("pool="), "{startup}");
@@ -148,10 +179,16 @@ fn waits_for_a_database_that_comes_up_late() {
     let server = Server::spawn(&vars);
 
     server.wait_for_line("database not reachable yet", Duration::from_secs(10));
-    assert!(client::get(server.addr, "/healthz", &[]).is_err(), "must not serve before the schema");
+    assert!(
+        client::get(server.addr, "/healthz", &[]).is_err(),
+        "must not serve before the schema"
+    );
     proxy.up();
     server.wait_healthy(Duration::from_secs(20));
-    assert_eq!(client::get(server.addr, "/readyz", &[]).unwrap().status, 200);
+    assert_eq!(
+        client::get(server.addr, "/readyz", &[]).unwrap().status,
+        200
+    );
 }
 
 #[test]
@@ -159,7 +196,10 @@ fn gives_up_on_a_database_that_never_comes() {
     let port = crate::support::free_port();
     let (code, stdout, stderr) = run_to_end(
         &["migrate"],
-        &env(&[("MYSQL_PORT", &port.to_string()), ("MYSQL_STARTUP_WAIT", "1")]),
+        &env(&[
+            ("MYSQL_PORT", &port.to_string()),
+            ("MYSQL_STARTUP_WAIT", "1"),
+        ]),
     );
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
@@ -173,13 +213,22 @@ fn readiness_follows_the_database_while_serving() {
     vars.retain(|(name, _)| name != "MYSQL_PORT");
     vars.push(("MYSQL_PORT".into(), proxy.port.to_string()));
     let server = Server::start(&vars);
-    assert_eq!(client::get(server.addr, "/readyz", &[]).unwrap().status, 200);
+    assert_eq!(
+        client::get(server.addr, "/readyz", &[]).unwrap().status,
+        200
+    );
 
     proxy.down();
     let during = client::get(server.addr, "/readyz", &[]).unwrap();
     assert_eq!(during.status, 503);
-    assert!(!during.text().contains(&proxy.port.to_string()), "no internals in the body");
-    assert_eq!(client::get(server.addr, "/healthz", &[]).unwrap().status, 200);
+    assert!(
+        !during.text().contains(&proxy.port.to_string()),
+        "no internals in the body"
+    );
+    assert_eq!(
+        client::get(server.addr, "/healthz", &[]).unwrap().status,
+        200
+    );
 
     proxy.up();
     let started = Instant::now();
@@ -187,7 +236,11 @@ fn readiness_follows_the_database_while_serving() {
         if client::get(server.addr, "/readyz", &[]).unwrap().status == 200 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "{}", server.output());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            server.output()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -214,8 +267,10 @@ fn healthcheck_reports_the_local_server() {
     let db = TestDb::create("health");
     let server = Server::start(&with_db(&db, &[]));
     let port = server.addr.port().to_string();
-    let (code, stdout, _) =
-        run_to_end(&["healthcheck"], &env(&[("FLASK_PORT", &port), ("FLASK_HOST", "0.0.0.0")]));
+    let (code, stdout, _) = run_to_end(
+        &["healthcheck"],
+        &env(&[("FLASK_PORT", &port), ("FLASK_HOST", "0.0.0.0")]),
+    );
     assert_eq!(code, 0, "{stdout}");
     drop(server);
     let (code, _, stderr) = run_to_end(&["healthcheck"], &env(&[("FLASK_PORT", &port)]));

@@ -74,7 +74,10 @@ impl World {
     fn user_flag(&self, id: i64) -> i64 {
         self.db
             .conn()
-            .exec_first("SELECT disabled_pushed FROM local_users WHERE id = ?", (id,))
+            .exec_first(
+                "SELECT disabled_pushed FROM local_users WHERE id = ?",
+                (id,),
+            )
             .unwrap()
             .unwrap()
     }
@@ -106,14 +109,19 @@ fn disable_calls(panel: &FakePanel) -> usize {
     panel
         .calls()
         .iter()
-        .filter(|call| call.path.contains("disable") || call.method == "PUT" || call.path.contains("update"))
+        .filter(|call| {
+            call.path.contains("disable") || call.method == "PUT" || call.path.contains("update")
+        })
         .count()
 }
 
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
-        assert!(started.elapsed() < limit, "{what} did not happen within {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -122,8 +130,18 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 fn links_from_every_panel_are_merged_in_link_order_without_duplicates() {
     let world = World::new("merge");
     let (first, second) = (marzneshin(), marzban());
-    first.add_user("ali", vec![vless("A1"), vless("shared"), "not a config".into()]);
-    second.add_user("ali_remote", vec![vless("B1"), vless("shared"), "  'trojan://pw@h:443#T'  ".into()]);
+    first.add_user(
+        "ali",
+        vec![vless("A1"), vless("shared"), "not a config".into()],
+    );
+    second.add_user(
+        "ali_remote",
+        vec![
+            vless("B1"),
+            vless("shared"),
+            "  'trojan://pw@h:443#T'  ".into(),
+        ],
+    );
     world.app_user(OWNER, "ali", KEY);
     world.local_user(OWNER, "ali", 10_000, 2_500);
     let p1 = world.panel(OWNER, "Germany", &first, "marzneshin");
@@ -136,7 +154,12 @@ fn links_from_every_panel_are_merged_in_link_order_without_duplicates() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(
         lines(&reply),
-        vec![vless("A1"), vless("shared"), vless("B1"), "trojan://pw@h:443#T".to_string()]
+        vec![
+            vless("A1"),
+            vless("shared"),
+            vless("B1"),
+            "trojan://pw@h:443#T".to_string()
+        ]
     );
     assert!(reply.text().ends_with('\n'));
     assert_eq!(reply.header("X-Plan-Limit-Bytes"), Some("10000"));
@@ -147,7 +170,12 @@ fn links_from_every_panel_are_merged_in_link_order_without_duplicates() {
         reply.header("subscription-userinfo"),
         Some("upload=0; download=2500; total=10000; expire=0")
     );
-    assert!(reply.header("Content-Type").unwrap().starts_with("text/plain"));
+    assert!(
+        reply
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
     assert!(reply.header("profile-update-interval").is_some());
 }
 
@@ -169,10 +197,18 @@ fn a_known_owner_without_that_local_user_gets_an_empty_answer() {
     let server = world.server(&[]);
     let reply = sub(&server, "ghost", KEY);
     assert_eq!((reply.status, reply.body.len()), (200, 0));
-    let page = client::get(server.addr, &format!("/sub/ghost/{KEY}/links"), &[("Accept", "text/html")])
-        .unwrap();
+    let page = client::get(
+        server.addr,
+        &format!("/sub/ghost/{KEY}/links"),
+        &[("Accept", "text/html")],
+    )
+    .unwrap();
     assert_eq!(page.status, 404);
-    assert!(page.header("Content-Type").unwrap().starts_with("text/html"));
+    assert!(
+        page.header("Content-Type")
+            .unwrap()
+            .starts_with("text/html")
+    );
 }
 
 #[test]
@@ -203,7 +239,10 @@ fn disabled_names_and_numbers_filter_each_panel() {
         (OWNER, id),
     );
     let server = world.server(&[]);
-    assert_eq!(lines(&sub(&server, "ali", KEY)), vec![vless("Keep%201"), vless("Keep%202")]);
+    assert_eq!(
+        lines(&sub(&server, "ali", KEY)),
+        vec![vless("Keep%201"), vless("Keep%202")]
+    );
 }
 
 #[test]
@@ -217,7 +256,10 @@ fn a_user_without_links_is_looked_up_on_every_owner_panel() {
     world.panel(OWNER, "one", &first, "marzneshin");
     world.panel(OWNER, "two", &second, "marzban");
     let server = world.server(&[]);
-    assert_eq!(lines(&sub(&server, "sara", KEY)), vec![vless("S1"), vless("S2")]);
+    assert_eq!(
+        lines(&sub(&server, "sara", KEY)),
+        vec![vless("S1"), vless("S2")]
+    );
 }
 
 #[test]
@@ -256,12 +298,20 @@ fn a_user_over_quota_is_disabled_once_and_told_why() {
     assert_eq!(reply.header("X-Plan-Limit-Bytes"), Some("1000"));
     let body = lines(&reply);
     assert_eq!(body.len(), 1, "one notice line: {body:?}");
-    assert!(!body[0].contains("vpn.example.com"), "no real config for a blocked user");
+    assert!(
+        !body[0].contains("vpn.example.com"),
+        "no real config for a blocked user"
+    );
 
-    wait_until("the remote disable", Duration::from_secs(10), || panel.user_enabled("ali") == Some(false));
+    wait_until("the remote disable", Duration::from_secs(10), || {
+        panel.user_enabled("ali") == Some(false)
+    });
     assert_eq!(world.user_flag(user), 1);
     for _ in 0..3 {
-        assert_eq!(sub(&server, "ali", KEY).header("X-Disabled-Pushed"), Some("1"));
+        assert_eq!(
+            sub(&server, "ali", KEY).header("X-Disabled-Pushed"),
+            Some("1")
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(panel.disabled_users(), vec!["ali".to_string()]);
@@ -283,7 +333,9 @@ fn an_expired_user_is_blocked_in_utc() {
     let server = world.server(&[]);
     let reply = sub(&server, "ali", KEY);
     assert_eq!(reply.header("X-Disabled-Pushed"), Some("1"));
-    wait_until("the remote disable", Duration::from_secs(10), || panel.user_enabled("ali") == Some(false));
+    wait_until("the remote disable", Duration::from_secs(10), || {
+        panel.user_enabled("ali") == Some(false)
+    });
 
     // One minute ahead, in UTC, is still active.
     world.exec(
@@ -314,16 +366,31 @@ fn a_blocked_agent_disables_every_account_of_its_users() {
     let server = world.server(&[]);
     let reply = sub(&server, "ali", KEY);
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("X-Disabled-Pushed"), Some("1"), "a blocked agent's users get the X- headers");
+    assert_eq!(
+        reply.header("X-Disabled-Pushed"),
+        Some("1"),
+        "a blocked agent's users get the X- headers"
+    );
     wait_until("both disables", Duration::from_secs(10), || {
         panel.user_enabled("ali") == Some(false) && panel.user_enabled("bob") == Some(false)
     });
-    let flag: i64 =
-        world.db.conn().query_first("SELECT disabled_pushed FROM agents").unwrap().unwrap();
-    assert_eq!(flag, 1);
-    let page = client::get(server.addr, &format!("/sub/ali/{KEY}/links"), &[("Accept", "text/html")])
+    let flag: i64 = world
+        .db
+        .conn()
+        .query_first("SELECT disabled_pushed FROM agents")
+        .unwrap()
         .unwrap();
-    assert!(page.text().contains("data-state=\"disabled\""), "the page must not say active");
+    assert_eq!(flag, 1);
+    let page = client::get(
+        server.addr,
+        &format!("/sub/ali/{KEY}/links"),
+        &[("Accept", "text/html")],
+    )
+    .unwrap();
+    assert!(
+        page.text().contains("data-state=\"disabled\""),
+        "the page must not say active"
+    );
 }
 
 #[test]
@@ -343,7 +410,10 @@ fn a_failed_disable_is_retried_until_the_panel_confirms() {
     let pending: Option<i64> = world
         .db
         .conn()
-        .exec_first("SELECT attempts FROM valhalla_disable_retries WHERE subject_id = ?", (user,))
+        .exec_first(
+            "SELECT attempts FROM valhalla_disable_retries WHERE subject_id = ?",
+            (user,),
+        )
         .unwrap();
     assert_eq!(pending, Some(1));
 
@@ -359,7 +429,9 @@ fn a_failed_disable_is_retried_until_the_panel_confirms() {
         (),
     );
     sub(&server, "ali", KEY);
-    wait_until("the retried disable", Duration::from_secs(10), || panel.user_enabled("ali") == Some(false));
+    wait_until("the retried disable", Duration::from_secs(10), || {
+        panel.user_enabled("ali") == Some(false)
+    });
     wait_until("the retry row to go", Duration::from_secs(5), || {
         let left: Option<i64> = world
             .db
@@ -369,7 +441,10 @@ fn a_failed_disable_is_retried_until_the_panel_confirms() {
         left == Some(0)
     });
     let metrics = client::get(server.addr, "/metrics", &[]).unwrap().text();
-    assert!(metrics.contains("valhalla_disables_total{panel_id=\""), "{metrics}");
+    assert!(
+        metrics.contains("valhalla_disables_total{panel_id=\""),
+        "{metrics}"
+    );
     assert!(metrics.contains("outcome=\"failed\"") && metrics.contains("outcome=\"pushed\""));
 }
 
@@ -389,7 +464,10 @@ fn a_dead_panel_is_named_without_its_url_or_error() {
     assert_eq!(reply.text(), "# Berlin: unavailable\n");
     let text = reply.text();
     assert!(!text.contains("127.0.0.1") && !text.contains(&panel.token()));
-    assert!(!server.output().contains(&panel.token()), "the token never reaches the log");
+    assert!(
+        !server.output().contains(&panel.token()),
+        "the token never reaches the log"
+    );
 }
 
 #[test]
@@ -415,7 +493,11 @@ fn each_fault_mode_costs_only_its_own_panel() {
         let started = Instant::now();
         let reply = sub(&server, "ali", KEY);
         assert_eq!(lines(&reply), vec![vless("Good")], "{label}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{label}: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{label}: {:?}",
+            started.elapsed()
+        );
     }
 }
 
@@ -439,7 +521,10 @@ fn panel_calls_stop_before_the_request_deadline_with_what_arrived() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(lines(&reply), vec![vless("Fast")]);
     assert!(elapsed < Duration::from_secs(2), "answered in {elapsed:?}");
-    assert!(elapsed > Duration::from_millis(1500), "waited for the slow panel: {elapsed:?}");
+    assert!(
+        elapsed > Duration::from_millis(1500),
+        "waited for the slow panel: {elapsed:?}"
+    );
 }
 
 #[test]
@@ -456,7 +541,10 @@ fn a_failing_panel_serves_its_last_good_answer() {
     panel.set_mode(Mode::Status500);
     assert_eq!(lines(&sub(&server, "ali", KEY)), vec![vless("A")]);
     let metrics = client::get(server.addr, "/metrics", &[]).unwrap().text();
-    assert!(metrics.contains("valhalla_cache_stale_total{cache=\"panel_links\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("valhalla_cache_stale_total{cache=\"panel_links\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -487,7 +575,8 @@ fn head_answers_the_quota_headers_without_calling_panels() {
     let id = world.panel(OWNER, "P", &panel, "marzneshin");
     world.link(OWNER, "ali", id, "ali");
     let server = world.server(&[]);
-    let reply = client::request(server.addr, "HEAD", &format!("/sub/ali/{KEY}/links"), &[]).unwrap();
+    let reply =
+        client::request(server.addr, "HEAD", &format!("/sub/ali/{KEY}/links"), &[]).unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.header("subscription-userinfo"),
@@ -507,7 +596,10 @@ fn browsers_get_the_status_page() {
     let page = client::get(
         server.addr,
         &format!("/sub/ali/{KEY}/links"),
-        &[("Accept", "text/html,application/xhtml+xml"), ("Accept-Language", "en-US,en;q=0.9")],
+        &[
+            ("Accept", "text/html,application/xhtml+xml"),
+            ("Accept-Language", "en-US,en;q=0.9"),
+        ],
     )
     .unwrap();
     assert_eq!(page.status, 200);
@@ -524,7 +616,9 @@ fn browsers_get_the_status_page() {
 fn a_slow_panel_does_not_delay_users_on_other_panels() {
     let world = World::new("slow");
     let (slow, fast) = (marzneshin(), marzneshin());
-    slow.set_mode(Mode::Latency(fakepanel::Latency::Fixed(Duration::from_secs(10))));
+    slow.set_mode(Mode::Latency(fakepanel::Latency::Fixed(
+        Duration::from_secs(10),
+    )));
     world.app_user(OWNER, "slowuser", KEY);
     world.app_user(OWNER, "fastuser", KEY);
     world.local_user(OWNER, "slowuser", 0, 0);
@@ -547,7 +641,11 @@ fn a_slow_panel_does_not_delay_users_on_other_panels() {
     for _ in 0..20 {
         let started = Instant::now();
         assert_eq!(lines(&sub(&server, "fastuser", KEY)), vec![vless("F")]);
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
     for handle in stuck {
         assert_eq!(lines(&handle.join().unwrap()), vec![vless("S")]);
@@ -579,7 +677,9 @@ fn disable_happens_once_under_200_concurrent_requests_from_two_processes() {
     for request in requests {
         assert_eq!(request.join().unwrap(), 200);
     }
-    wait_until("the disable", Duration::from_secs(10), || panel.user_enabled("ali") == Some(false));
+    wait_until("the disable", Duration::from_secs(10), || {
+        panel.user_enabled("ali") == Some(false)
+    });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(panel.disabled_users(), vec!["ali".to_string()]);
     assert_eq!(disable_calls(&panel), 1);
@@ -617,13 +717,22 @@ fn a_3x_ui_panel_gives_links_for_every_listed_client() {
     // The fake panel has two inbounds of its own besides this one: three
     // inbounds for each of the two clients.
     assert_eq!(body.len(), 6, "{body:?}");
-    let reality: Vec<&String> = body.iter().filter(|link| link.ends_with("#DE-reality")).collect();
+    let reality: Vec<&String> = body
+        .iter()
+        .filter(|link| link.ends_with("#DE-reality"))
+        .collect();
     assert_eq!(reality.len(), 2, "{body:?}");
     assert_ne!(reality[0], reality[1], "one link per client");
     for link in reality {
         assert!(link.starts_with("vless://"), "{link}");
-        assert!(link.contains("security=reality") && link.contains("pbk=PUBKEY"), "{link}");
-        assert!(link.contains("sni=www.example.com") && link.contains("sid=ab12"), "{link}");
+        assert!(
+            link.contains("security=reality") && link.contains("pbk=PUBKEY"),
+            "{link}"
+        );
+        assert!(
+            link.contains("sni=www.example.com") && link.contains("sid=ab12"),
+            "{link}"
+        );
     }
 }
 
@@ -657,7 +766,10 @@ fn an_exhausted_pool_answers_503_at_once_and_says_so_in_the_log() {
     let elapsed = started.elapsed();
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert!(refused.header("Retry-After").is_some());
-    assert!(elapsed < Duration::from_millis(100), "refused after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(100),
+        "refused after {elapsed:?}"
+    );
     server.wait_for_line(
         "MySQL connection pool exhausted; consider increasing MYSQL_POOL_SIZE",
         Duration::from_secs(2),
@@ -666,7 +778,10 @@ fn an_exhausted_pool_answers_503_at_once_and_says_so_in_the_log() {
     lock.query_drop("UNLOCK TABLES").unwrap();
     assert_eq!(holder.join().unwrap().status, 200);
     let metrics = client::get(server.addr, "/metrics", &[]).unwrap().text();
-    assert!(metrics.contains("valhalla_db_pool_exhausted_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("valhalla_db_pool_exhausted_total 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -681,9 +796,20 @@ fn a_request_past_its_deadline_gets_504() {
     let elapsed = started.elapsed();
     lock.query_drop("UNLOCK TABLES").unwrap();
     assert_eq!(reply.status, 504, "{}", reply.text());
-    assert!(!reply.text().to_lowercase().contains("mysql"), "no internals: {}", reply.text());
-    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3), "{elapsed:?}");
-    assert_eq!(lines(&sub(&server, "ali", KEY)).len(), 0, "serves again after the lock");
+    assert!(
+        !reply.text().to_lowercase().contains("mysql"),
+        "no internals: {}",
+        reply.text()
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    assert_eq!(
+        lines(&sub(&server, "ali", KEY)).len(),
+        0,
+        "serves again after the lock"
+    );
 }
 
 #[test]
@@ -695,7 +821,9 @@ fn sigterm_lets_a_request_in_flight_finish() {
     world.local_user(OWNER, "ali", 0, 0);
     let id = world.panel(OWNER, "P", &panel, "marzneshin");
     world.link(OWNER, "ali", id, "ali");
-    panel.set_mode(Mode::Latency(fakepanel::Latency::Fixed(Duration::from_millis(1500))));
+    panel.set_mode(Mode::Latency(fakepanel::Latency::Fixed(
+        Duration::from_millis(1500),
+    )));
     let mut server = world.server(&[("SHUTDOWN_GRACE", "10")]);
     let addr = server.addr;
     let in_flight = std::thread::spawn(move || {
@@ -704,9 +832,45 @@ fn sigterm_lets_a_request_in_flight_finish() {
     std::thread::sleep(Duration::from_millis(400));
     server.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(client::get(addr, "/healthz", &[]).is_err(), "no new connections after SIGTERM");
+    assert!(
+        client::get(addr, "/healthz", &[]).is_err(),
+        "no new connections after SIGTERM"
+    );
     let reply = in_flight.join().unwrap();
     assert_eq!(lines(&reply), vec![vless("A")]);
     let status = server.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", server.output());
+}
+
+#[test]
+fn a_user_under_quota_costs_one_database_round_trip() {
+    let world = World::new("roundtrip");
+    let panel = marzneshin();
+    panel.add_user("ali", vec![vless("A")]);
+    world.app_user(OWNER, "ali", KEY);
+    world.local_user(OWNER, "ali", 1_000_000, 10);
+    world.exec(
+        "INSERT INTO agents (telegram_user_id, name, plan_limit_bytes, total_used_bytes) \
+         VALUES (?, 'reseller', 0, 0)",
+        (OWNER,),
+    );
+    let id = world.panel(OWNER, "P", &panel, "marzneshin");
+    world.link(OWNER, "ali", id, "ali");
+    world.exec(
+        "INSERT INTO panel_disabled_numbers (telegram_user_id, panel_id, config_index) VALUES (?, ?, 9)",
+        (OWNER, id),
+    );
+    let proxy = crate::support::proxy::Proxy::start(crate::support::loopback(world.db.port), true);
+    let mut env: Vec<(&str, String)> = vec![("MYSQL_POOL_SIZE", "1".into())];
+    env.push(("MYSQL_PORT", proxy.port.to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = world.server(&env);
+
+    // The first request prepares the statement on the pool's connection.
+    assert_eq!(lines(&sub(&server, "ali", KEY)), vec![vless("A")]);
+    let before = proxy.commands();
+    for _ in 0..5 {
+        assert_eq!(lines(&sub(&server, "ali", KEY)), vec![vless("A")]);
+    }
+    assert_eq!(proxy.commands() - before, 5, "one statement per request");
 }

@@ -51,7 +51,8 @@ pub fn request(
 
 /// Parses one response (with a Content-Length body) from raw bytes.
 pub fn parse(raw: &[u8], head_only: bool) -> std::io::Result<Reply> {
-    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let split = raw
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
@@ -74,6 +75,14 @@ pub fn parse(raw: &[u8], head_only: bool) -> std::io::Result<Reply> {
         .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, value)| value.parse::<usize>().ok())
         .unwrap_or(rest.len());
-    let body = if head_only { Vec::new() } else { rest[..length.min(rest.len())].to_vec() };
-    Ok(Reply { status, headers, body })
+    let body = if head_only {
+        Vec::new()
+    } else {
+        rest[..length.min(rest.len())].to_vec()
+    };
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }

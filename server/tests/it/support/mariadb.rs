@@ -13,9 +13,7 @@ pub fn admin_conn() -> mysql::Conn {
     let url = admin_url();
     let opts = mysql::Opts::from_url(&url).expect("VALHALLA_TEST_MYSQL is a mysql:// URL");
     mysql::Conn::new(opts).unwrap_or_else(|error| {
-        panic!(
-            "the tests need MariaDB at {url} (start it, or set VALHALLA_TEST_MYSQL): {error}"
-        )
+        panic!("the tests need MariaDB at {url} (start it, or set VALHALLA_TEST_MYSQL): {error}")
     })
 }
 
@@ -34,8 +32,10 @@ impl TestDb {
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let name = format!("vt_{label}_{}_{n}", std::process::id());
         let mut conn = admin_conn();
-        conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`")).unwrap();
-        conn.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4")).unwrap();
+        conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+            .unwrap();
+        conn.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+            .unwrap();
         let opts = mysql::Opts::from_url(&admin_url()).unwrap();
         TestDb {
             name,

@@ -11,10 +11,26 @@ use super::{client, free_port, loopback};
 
 /// Variables of the server that the test environment must not leak in.
 const SERVER_VARIABLES: &[&str] = &[
-    "FLASK_HOST", "FLASK_PORT", "WORKERS", "GUNICORN_TIMEOUT", "REQUEST_TIMEOUT",
-    "SSL_CERT_PATH", "SSL_KEY_PATH", "MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER",
-    "MYSQL_PASSWORD", "MYSQL_DATABASE", "MYSQL_POOL_SIZE", "ADMIN_IDS", "FETCH_CACHE_TTL",
-    "FETCH_MAX_WORKERS", "PUBLIC_BASE_URL", "RUST_LOG", "LOG_LEVEL", "LOG_FORMAT",
+    "FLASK_HOST",
+    "FLASK_PORT",
+    "WORKERS",
+    "GUNICORN_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "SSL_CERT_PATH",
+    "SSL_KEY_PATH",
+    "MYSQL_HOST",
+    "MYSQL_PORT",
+    "MYSQL_USER",
+    "MYSQL_PASSWORD",
+    "MYSQL_DATABASE",
+    "MYSQL_POOL_SIZE",
+    "ADMIN_IDS",
+    "FETCH_CACHE_TTL",
+    "FETCH_MAX_WORKERS",
+    "PUBLIC_BASE_URL",
+    "RUST_LOG",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
 ];
 
 pub struct Server {
@@ -57,8 +73,14 @@ impl Server {
         let mut child = command.spawn().expect("spawn the valhalla binary");
         let output = Arc::new(Mutex::new(Vec::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -70,7 +92,11 @@ impl Server {
                 }
             });
         }
-        Server { child: Some(child), addr: loopback(port), output }
+        Server {
+            child: Some(child),
+            addr: loopback(port),
+            output,
+        }
     }
 
     /// Starts the server and waits until `/healthz` answers.
@@ -105,7 +131,13 @@ impl Server {
     pub fn wait_for_line(&self, needle: &str, limit: Duration) -> String {
         let started = Instant::now();
         loop {
-            if let Some(line) = self.output.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            if let Some(line) = self
+                .output
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
                 return line.clone();
             }
             assert!(
@@ -134,7 +166,10 @@ impl Server {
             }
             if started.elapsed() > limit {
                 let _ = child.kill();
-                panic!("server did not exit within {limit:?}; output:\n{}", self.output());
+                panic!(
+                    "server did not exit within {limit:?}; output:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
