@@ -19,6 +19,7 @@ sql_string() {
 
 # Quotes a name for a backquoted SQL identifier.
 sql_name() {
+	# shellcheck disable=SC2016 # the backquotes are literal
 	printf '%s' "$1" | sed -e 's/`/``/g'
 }
 
