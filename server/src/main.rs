@@ -186,6 +186,7 @@ fn wait_for_database_or_signal(
 
 fn serve(settings: Settings) -> Result<(), Fatal> {
     valhalla::logging::init(&settings);
+    valhalla::abort_on_runtime_panic();
     valhalla::configure_runtime(settings.workers);
     match valhalla::http::raise_open_files_limit() {
         Ok(limit) => tracing::debug!(limit, "open files limit"),
