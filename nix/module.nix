@@ -331,9 +331,8 @@ in
 
         services.valhalla.settings = {
           MYSQL_USER = lib.mkDefault "valhalla";
-          # FIXME: the server must accept MYSQL_SOCKET (connect over this Unix socket
-          # instead of TCP) for the local database's password-less login; remove this
-          # note once it does.
+          # The local database lets the valhalla system user in over its Unix socket
+          # without a password (unix_socket authentication).
           MYSQL_SOCKET = lib.mkDefault "/run/mysqld/mysqld.sock";
         };
 

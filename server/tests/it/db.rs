@@ -179,6 +179,35 @@ fn db_runs_statements_and_returns_their_results() {
     db.shutdown();
 }
 
+/// MYSQL_SOCKET: a local MariaDB reached over its Unix socket, as the NixOS
+/// module's password-less local database is. The socket is the one the
+/// running server reports, so the test follows the machine's configuration.
+#[test]
+fn db_connects_through_the_unix_socket() {
+    let database = TestDb::create("db_socket");
+    let socket: String = database
+        .conn()
+        .query_first("SELECT @@socket")
+        .unwrap()
+        .expect("the server reports its socket");
+    let mut options = pool_options(&database);
+    options.host = "host.invalid".into();
+    options.socket = Some(socket.clone().into());
+    assert_eq!(options.address(), socket);
+    let (db, _registry) = start(options);
+
+    // The host cannot be resolved, so an answer proves the socket was used;
+    // MariaDB names a socket client's host without a port.
+    let client_host: Option<String> = db
+        .run(in_seconds(5), |conn| {
+            conn.query_first(
+                "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()",
+            )
+        })
+        .unwrap();
+    assert_eq!(client_host.as_deref(), Some("localhost"));
+}
+
 #[test]
 fn exhausted_pool_refuses_quickly_logs_once_and_counts_every_refusal() {
     let database = TestDb::create("db");
