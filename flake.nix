@@ -41,8 +41,7 @@
             root = ./.;
           };
           valhalla = pkgs.callPackage ./nix/package.nix { inherit workspace; };
-          loadtest =
-            if workspace.hasLoadtest then pkgs.callPackage ./nix/loadtest.nix { inherit workspace; } else null;
+          loadtest = pkgs.callPackage ./nix/loadtest.nix { inherit workspace; };
           image =
             if pkgs.stdenv.hostPlatform.isLinux then
               pkgs.callPackage ./nix/image.nix { inherit valhalla; }
@@ -61,9 +60,8 @@
         {
           packages = {
             default = valhalla;
-            inherit valhalla;
+            inherit valhalla loadtest;
           }
-          // lib.optionalAttrs (loadtest != null) { inherit loadtest; }
           // lib.optionalAttrs (image != null) { inherit image; };
 
           apps = {
@@ -72,8 +70,6 @@
               program = lib.getExe valhalla;
               meta.description = "Run the valhalla server (configured through the environment)";
             };
-          }
-          // lib.optionalAttrs (loadtest != null) {
             loadtest = {
               type = "app";
               program = lib.getExe loadtest;

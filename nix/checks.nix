@@ -9,7 +9,7 @@
   chromium,
   workspace,
   valhalla,
-  loadtest ? null,
+  loadtest,
   image ? null,
   module,
 }:
@@ -31,7 +31,7 @@ let
     "${system.config.systemd.units."valhalla.service".unit}/valhalla.service";
 in
 {
-  inherit valhalla;
+  inherit valhalla loadtest;
 
   clippy = craneLib.cargoClippy (
     commonArgs
@@ -45,7 +45,6 @@ in
     inherit (commonArgs) src pname version;
   };
 }
-// lib.optionalAttrs (loadtest != null) { inherit loadtest; }
 // lib.optionalAttrs stdenv.hostPlatform.isLinux {
   # The integration tests need a real MariaDB on 127.0.0.1:3306 (root, no password) and
   # Chromium for the status-page tests. The sandbox has its own network namespace, so

@@ -21,7 +21,7 @@ let
       (root + "/rustfmt.toml")
       (root + "/server")
       (root + "/fakepanel")
-      (lib.fileset.maybeMissing (root + "/loadtest"))
+      (root + "/loadtest")
       (lib.fileset.maybeMissing (root + "/.cargo"))
     ];
   };
@@ -49,7 +49,6 @@ in
 {
   inherit craneLib src commonArgs;
   inherit (cargoToml.workspace.package) version;
-  hasLoadtest = builtins.pathExists (root + "/loadtest/Cargo.toml");
 
   # Every workspace dependency, compiled once and reused by the packages, clippy and the
   # tests, so a change to our own code rebuilds only our crates.

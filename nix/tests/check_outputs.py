@@ -83,7 +83,6 @@ def main():
     tree, stubs = sys.argv[1:3]
     with open(os.path.join(tree, "Cargo.toml"), "rb") as manifest:
         version = tomllib.load(manifest)["workspace"]["package"]["version"]
-    has_loadtest = os.path.exists(os.path.join(tree, "loadtest", "Cargo.toml"))
 
     problems = []
 
@@ -102,11 +101,9 @@ def main():
 
     server = f"valhalla-{version}"
     for system in LINUX + DARWIN:
-        expected = {"default": server, "valhalla": server}
-        expected_checks = {"valhalla": server}
-        if has_loadtest:
-            expected["loadtest"] = f"valhalla-loadtest-{version}"
-            expected_checks["loadtest"] = expected["loadtest"]
+        loadtest = f"valhalla-loadtest-{version}"
+        expected = {"default": server, "valhalla": server, "loadtest": loadtest}
+        expected_checks = {"valhalla": server, "loadtest": loadtest}
         if system in LINUX:
             expected["image"] = "valhalla.tar"
         expect(packages.get(system) == expected, f"packages.{system} is {packages.get(system)}")
@@ -126,6 +123,11 @@ def main():
         expect(
             str(app.get("program", "")).endswith(f"-{server}/bin/valhalla"),
             f"apps.{system}.default runs {app.get('program')}",
+        )
+        loadtest_app = apps.get(system, {}).get("loadtest", {})
+        expect(
+            str(loadtest_app.get("program", "")).endswith(f"-{loadtest}/bin/valhalla-loadtest"),
+            f"apps.{system}.loadtest runs {loadtest_app.get('program')}",
         )
         expect("default" in shells.get(system, {}), f"devShells.{system}.default is missing")
         expect(
@@ -147,9 +149,7 @@ def main():
     expect("openssl" in linux["buildInputs"], "openssl is not a build input")
 
     source = set(linux["source"])
-    expected_source = {"Cargo.toml", "Cargo.lock", "rustfmt.toml", "server", "fakepanel"}
-    if has_loadtest:
-        expected_source.add("loadtest")
+    expected_source = {"Cargo.toml", "Cargo.lock", "rustfmt.toml", "server", "fakepanel", "loadtest"}
     if os.path.isdir(os.path.join(tree, ".cargo")):
         expected_source.add(".cargo")
     expect(source == expected_source, f"the filtered source holds {sorted(source)}")
