@@ -161,6 +161,16 @@ enum Command {
         #[command(flatten)]
         panels: PanelArgs,
     },
+    /// The goose half of scripts/yardstick: hammer URL's /healthz for
+    /// SECONDS and print `requests_per_second=N`; fails on any wrong answer.
+    Yardstick {
+        /// The server's base URL (a path, if given, is ignored).
+        url: String,
+        seconds: usize,
+        /// Concurrent goose users.
+        #[arg(long, default_value_t = 64)]
+        users: usize,
+    },
     /// Rewrite sizing.md and the plots from a sweep's JSON lines.
     Report {
         jsonl: PathBuf,
@@ -288,7 +298,7 @@ fn run() -> Result<()> {
                         &users.unwrap_or(vec![8, 32, 512]),
                     ),
                 );
-                (cells, seconds.unwrap_or(6), db_users.unwrap_or(100_000))
+                (cells, seconds.unwrap_or(8), db_users.unwrap_or(100_000))
             };
             for latency in cells.iter().map(|c| &c.latency) {
                 panels::parse_latency(latency)
@@ -357,6 +367,11 @@ fn run() -> Result<()> {
             )?;
             Ok(())
         }
+        Command::Yardstick {
+            url,
+            seconds,
+            users,
+        } => yardstick(&url, seconds, users),
         Command::Demo { port } => demo::run(port),
     }
 }
@@ -396,6 +411,35 @@ fn run_goose(plan: Plan, weights: Weights, args: &[String]) -> Result<()> {
         println!("  failure: {error}");
     }
     Ok(())
+}
+
+fn yardstick(url: &str, seconds: usize, users: usize) -> Result<()> {
+    let host = base_url(url);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = runtime.block_on(scenario::run_healthz(&host, users, seconds))?;
+    if summary.failures > 0 {
+        bail!(
+            "{} of {} answers from {host} were wrong: {}",
+            summary.failures,
+            summary.requests,
+            summary.errors.join("; ")
+        );
+    }
+    println!("requests={}", summary.requests);
+    println!("requests_per_second={:.0}", summary.rate());
+    Ok(())
+}
+
+/// `scheme://authority` of a URL: goose joins request paths onto its host.
+fn base_url(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => url[..after_scheme + slash].to_owned(),
+        None => url.to_owned(),
+    }
 }
 
 /// The directory holding the workspace's Cargo.toml and loadtest/, found
@@ -577,6 +621,16 @@ fn report_context(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yardstick_urls_lose_their_path() {
+        assert_eq!(
+            base_url("http://127.0.0.1:18081/healthz"),
+            "http://127.0.0.1:18081"
+        );
+        assert_eq!(base_url("http://127.0.0.1:18081"), "http://127.0.0.1:18081");
+        assert_eq!(base_url("https://h.example/a/b"), "https://h.example");
+    }
 
     #[test]
     fn the_date_is_iso_shaped() {

@@ -242,6 +242,19 @@ async fn unknown_user(user: &mut GooseUser) -> TransactionResult {
     .await
 }
 
+/// The framework yardstick's request: `/healthz`, which must answer 200 "ok".
+async fn healthz(user: &mut GooseUser) -> TransactionResult {
+    get_and_check(user, "healthz", "/healthz", &[], |a| {
+        (a.status != 200 || a.body != "ok\n").then(|| {
+            format!(
+                "status {} with body {:?}, want 200 \"ok\"",
+                a.status, a.body
+            )
+        })
+    })
+    .await
+}
+
 /// Relative weights of the three kinds of user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Weights {
@@ -406,19 +419,41 @@ pub struct Attack {
 /// Runs one attack quietly and summarizes it.
 pub async fn run_quiet(plan: Plan, attack: &Attack) -> Result<Summary> {
     install(plan);
-    let users = attack.users.to_string();
+    let goose = register(
+        quiet_attack(&attack.host, attack.users, attack.seconds)?,
+        attack.weights,
+    )?;
+    execute(goose).await
+}
+
+/// A quiet attack of `users` users hammering `/healthz` of `host` for
+/// `seconds`: the goose half of the framework yardstick.
+pub async fn run_healthz(host: &str, users: usize, seconds: usize) -> Result<Summary> {
+    let goose = quiet_attack(host, users, seconds)?.register_scenario(
+        scenario!("yardstick").register_transaction(transaction!(healthz).set_name("healthz")),
+    );
+    execute(goose).await
+}
+
+/// An attack driven from code: every user starts at once, nothing printed,
+/// no telnet controller.
+fn quiet_attack(host: &str, users: usize, seconds: usize) -> Result<GooseAttack> {
+    let increase_rate = users.to_string();
     let goose = GooseAttack::initialize_with_config(GooseConfiguration::default())?
-        .set_default(GooseDefault::Host, attack.host.as_str())?
-        .set_default(GooseDefault::Users, attack.users)?
-        // Every user starts at once; metrics are reset when all have started.
-        .set_default(GooseDefault::IncreaseRate, users.as_str())?
-        .set_default(GooseDefault::RunTime, attack.seconds)?
+        .set_default(GooseDefault::Host, host)?
+        .set_default(GooseDefault::Users, users)?
+        // Metrics are reset when all users have started.
+        .set_default(GooseDefault::IncreaseRate, increase_rate.as_str())?
+        .set_default(GooseDefault::RunTime, seconds)?
         .set_default(GooseDefault::NoTelnet, true)?
         .set_default(GooseDefault::NoPrintMetrics, true)?
         .set_default(GooseDefault::NoErrorSummary, true)?
         .set_default(GooseDefault::Quiet, 1)?
         .set_default(GooseDefault::Timeout, "30")?;
-    let goose = register(*goose, attack.weights)?;
+    Ok(*goose)
+}
+
+async fn execute(goose: GooseAttack) -> Result<Summary> {
     let metrics = goose
         .execute()
         .await

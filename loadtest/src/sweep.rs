@@ -61,6 +61,16 @@ pub struct CellResult {
 }
 
 impl CellResult {
+    /// Correct answers per second: what clients got. A refused or wrong
+    /// answer is quick to make, so `rps` alone would reward failing.
+    pub fn ok_rps(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.rps * self.requests.saturating_sub(self.failures) as f64 / self.requests as f64
+        }
+    }
+
     pub fn error_rate(&self) -> f64 {
         if self.requests == 0 {
             1.0
@@ -420,6 +430,18 @@ fn run_cell(
     );
     let calls = panels.calls()?.saturating_sub(calls_before);
     let exhausted_total = (exhausted(settings.port) - exhausted_before).max(0.0);
+    // A server that died during the attack makes every later request fail;
+    // say so first, with its last words, rather than only count failures.
+    let mut errors = summary.errors.clone();
+    if let Some(status) = server.try_exit_status() {
+        errors.insert(
+            0,
+            format!(
+                "the server exited during the cell ({status}): {}",
+                server.log_tail()
+            ),
+        );
+    }
     server.stop(Duration::from_secs(5))?;
 
     Ok(CellResult {
@@ -444,7 +466,7 @@ fn run_cell(
         } else {
             0.0
         },
-        errors: summary.errors,
+        errors,
     })
 }
 
