@@ -115,6 +115,7 @@ in
           MYSQL_HOST = optionalSetting types.str "Database host.";
           MYSQL_PORT = optionalSetting types.port "Database port.";
           MYSQL_USER = optionalSetting types.str "Database user.";
+          MYSQL_SOCKET = optionalSetting types.str "Unix socket of a local database, used instead of MYSQL_HOST and MYSQL_PORT (set by `database.createLocally`).";
           MYSQL_DATABASE = mkOption {
             type = types.str;
             default = "valhalla";
@@ -136,6 +137,8 @@ in
           FETCH_MAX_WORKERS = optionalSetting types.ints.positive "Concurrent panel fetches for one request.";
           PANEL_USER_TIMEOUT = optionalSetting seconds "Timeout of a panel's user lookup, in seconds.";
           PANEL_LINK_TIMEOUT = optionalSetting seconds "Timeout of a panel's link and disable calls, in seconds.";
+          PANEL_CA_FILE = optionalSetting types.str "PEM file of extra certificates trusted for panels over HTTPS (a private CA or a self-signed panel certificate); the service must be able to read it.";
+          CACHE_MAX_BYTES = optionalSetting types.ints.positive "Memory bound of the panel-answer cache, in bytes.";
           STALE_TTL = optionalSetting seconds "Seconds a panel's last good answer may be served while the panel fails.";
           PROFILE_UPDATE_INTERVAL = optionalSetting types.ints.positive "Update interval advertised to VPN client apps.";
 

@@ -177,6 +177,12 @@ let
     "admin ids must be numbers" = throws (serviceOf (withValhalla {
       settings.ADMIN_IDS = [ "1" ];
     })).environment;
+    "the cache bound must be a positive number" = throws (serviceOf (withValhalla {
+      settings.CACHE_MAX_BYTES = 0;
+    })).environment;
+    "the cache bound is passed on" =
+      (serviceOf (withValhalla { settings.CACHE_MAX_BYTES = 1048576; })).environment.CACHE_MAX_BYTES
+      == "1048576";
     "an unknown option is rejected" = throws (withValhalla { listenAddress = "::"; }).systemd.services;
   };
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ struct RawEnv {
     stale_ttl: Option<String>,
     panel_user_timeout: Option<String>,
     panel_link_timeout: Option<String>,
+    panel_ca_file: Option<String>,
     public_base_url: Option<String>,
     profile_update_interval: Option<String>,
     log_format: Option<String>,
@@ -108,6 +109,9 @@ pub struct Settings {
     pub stale_ttl: Duration,
     pub panel_user_timeout: Duration,
     pub panel_link_timeout: Duration,
+    /// PEM certificates trusted for panels besides the system's roots (a
+    /// private CA, or a panel's self-signed certificate).
+    pub panel_ca_file: Option<PathBuf>,
     pub public_base_url: Option<String>,
     pub profile_update_interval_hours: u32,
     pub log_format: LogFormat,
@@ -152,7 +156,7 @@ impl Settings {
             })?;
             for entry in entries {
                 let (name, value) = entry.map_err(|error| ConfigError {
-                    problems: vec![format!("cannot parse {}: {error}", dotenv.display())],
+                    problems: vec![describe_dotenv_error(dotenv, &error)],
                 })?;
                 variables.insert(name, value);
             }
@@ -180,12 +184,15 @@ impl Settings {
         let mut check = Checker::default();
         let cores = cores.max(1);
 
-        let host = check.parse(
-            "FLASK_HOST",
-            raw.flask_host.as_deref(),
-            "an IP address",
-            || IpAddr::from([0, 0, 0, 0]),
-        );
+        let host = match raw.flask_host.as_deref().map(str::trim) {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(text) => resolve_host(text).unwrap_or_else(|| {
+                check.problem(format!(
+                    "FLASK_HOST must be an IP address or a host name of this machine, got {text:?}"
+                ));
+                IpAddr::from([0, 0, 0, 0])
+            }),
+        };
         let port = check.parse(
             "FLASK_PORT",
             raw.flask_port.as_deref(),
@@ -357,6 +364,10 @@ impl Settings {
             stale_ttl,
             panel_user_timeout,
             panel_link_timeout,
+            panel_ca_file: raw
+                .panel_ca_file
+                .as_deref()
+                .map(|path| PathBuf::from(path.trim())),
             public_base_url,
             profile_update_interval_hours,
             log_format,
@@ -373,7 +384,7 @@ impl fmt::Display for Settings {
             f,
             "listen={}:{} tls={} workers={} request_timeout={}s idle_timeout={}s \
              mysql={}@{}:{}/{} password={} pool={} acquire_timeout={}ms admins={} \
-             cache_ttl={}s stale_ttl={}s fetch_workers={} panel_timeouts={}s/{}s public_url={}",
+             cache_ttl={}s stale_ttl={}s fetch_workers={} panel_timeouts={}s/{}s panel_ca={} public_url={}",
             self.host,
             self.port,
             if self.tls.is_some() { "on" } else { "off" },
@@ -397,6 +408,10 @@ impl fmt::Display for Settings {
             self.fetch_max_workers,
             self.panel_user_timeout.as_secs(),
             self.panel_link_timeout.as_secs(),
+            self.panel_ca_file.as_deref().map_or_else(
+                || "system".into(),
+                |path| format!("system+{}", path.display())
+            ),
             self.public_base_url.as_deref().unwrap_or("unset"),
         )
     }
@@ -479,6 +494,58 @@ impl Checker {
     }
 }
 
+/// The address to listen on for `FLASK_HOST`: an IP address, or a host name
+/// such as `localhost` (which Gunicorn accepted), resolved once at startup
+/// with IPv4 preferred.
+fn resolve_host(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    if text.eq_ignore_ascii_case("localhost") {
+        return Some(IpAddr::from([127, 0, 0, 1]));
+    }
+    let addresses: Vec<IpAddr> = (text, 0)
+        .to_socket_addrs()
+        .ok()?
+        .map(|address| address.ip())
+        .collect();
+    addresses
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv4)
+        .or_else(|| addresses.first().copied())
+}
+
+/// Says which line of `.env` could not be parsed without showing the line:
+/// dotenvy's own message quotes it whole, and it may hold a password. The
+/// variable name before `=` is shown, as is the line number when the file
+/// still reads the same.
+fn describe_dotenv_error(path: &Path, error: &dotenvy::Error) -> String {
+    let dotenvy::Error::LineParse(line, index) = error else {
+        return format!("cannot read {}: {error}", path.display());
+    };
+    let name = line
+        .split_once('=')
+        .map(|(name, _)| name.trim().trim_start_matches("export ").trim())
+        .filter(|name| !name.is_empty() && name.chars().all(is_env_char));
+    let number = std::fs::read_to_string(path).ok().and_then(|text| {
+        let first = line.lines().next().unwrap_or_default();
+        text.lines().position(|candidate| candidate == first)
+    });
+    let mut message = format!("cannot parse {}", path.display());
+    if let Some(number) = number {
+        message.push_str(&format!(" line {}", number + 1));
+    }
+    if let Some(name) = name {
+        message.push_str(&format!(" ({name})"));
+    }
+    message.push_str(&format!(
+        ": malformed at character {}, often an unclosed quote; the line is not shown because it may hold a password",
+        index + 1
+    ));
+    message
+}
+
 /// Seconds as an integer or a decimal (`120`, `0.5`), at most a year.
 fn parse_seconds(text: &str) -> Option<Duration> {
     let seconds: f64 = text.parse().ok()?;
@@ -544,6 +611,43 @@ mod tests {
         assert!(
             settings.tls.is_none(),
             "an empty SSL_CERT_PATH counts as unset"
+        );
+    }
+
+    #[test]
+    fn flask_host_takes_addresses_and_host_names() {
+        let host = |value: &str| settings(&[("FLASK_HOST", value)]).map(|s| s.host);
+        assert_eq!(host("::").unwrap(), IpAddr::from([0u16; 8]));
+        assert_eq!(host("localhost").unwrap(), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(host(" 10.1.2.3 ").unwrap(), IpAddr::from([10, 1, 2, 3]));
+        assert_eq!(
+            problems(&[("FLASK_HOST", "no such host.invalid")]),
+            vec![
+                "FLASK_HOST must be an IP address or a host name of this machine, got \"no such host.invalid\""
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_dotenv_line_is_named_without_its_value() {
+        let dir = std::env::temp_dir().join(format!("valhalla-dotenv-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".env");
+        std::fs::write(
+            &path,
+            "FLASK_PORT=5000\nMYSQL_PASSWORD=\"pa55'word\nWORKERS=2\n",
+        )
+        .unwrap();
+        let error = dotenvy::from_path_iter(&path)
+            .unwrap()
+            .find_map(Result::err)
+            .expect("the unclosed quote is an error");
+        let message = describe_dotenv_error(&path, &error);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!message.contains("pa55"), "{message}");
+        assert!(
+            message.contains(".env line 2 (MYSQL_PASSWORD): malformed at character"),
+            "{message}"
         );
     }
 

@@ -202,6 +202,25 @@ fn serve(settings: Settings) -> Result<(), Fatal> {
         ),
         None => None,
     };
+    let panel_ca = match &settings.panel_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|error| {
+            Fatal::Config(format!(
+                "config: PANEL_CA_FILE {}: cannot read: {error}",
+                path.display()
+            ))
+        })?),
+        None => None,
+    };
+    let client = Client::new(ClientOptions {
+        user_timeout: settings.panel_user_timeout,
+        link_timeout: settings.panel_link_timeout,
+        extra_root_pem: panel_ca,
+        ..ClientOptions::default()
+    })
+    .map_err(|error| match &settings.panel_ca_file {
+        Some(path) => Fatal::Config(format!("config: PANEL_CA_FILE {}: {error}", path.display())),
+        None => Fatal::from(anyhow::Error::new(error).context("set up the panel client")),
+    })?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = %settings, "starting");
 
     let (events, incoming) = mpsc::channel();
@@ -212,12 +231,6 @@ fn serve(settings: Settings) -> Result<(), Fatal> {
 
     let mut registry = Registry::default();
     let db = Db::start(pool_options(&settings), &mut registry);
-    let client = Client::new(ClientOptions {
-        user_timeout: settings.panel_user_timeout,
-        link_timeout: settings.panel_link_timeout,
-        ..ClientOptions::default()
-    })
-    .context("set up the panel client")?;
     let subscriptions = Subscriptions::new(
         db.clone(),
         Panels::new(client),

@@ -75,6 +75,26 @@ fn a_missing_certificate_file_is_named() {
 }
 
 #[test]
+fn an_unusable_panel_ca_file_is_named() {
+    let (code, _, stderr) = run_to_end(&[], &env(&[("PANEL_CA_FILE", "/nowhere/panel-ca.pem")]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with("valhalla: config: PANEL_CA_FILE /nowhere/panel-ca.pem: cannot read"),
+        "{stderr}"
+    );
+
+    let garbage = std::env::temp_dir().join(format!("valhalla-ca-{}.pem", std::process::id()));
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let (code, _, stderr) = run_to_end(&[], &env(&[("PANEL_CA_FILE", garbage.to_str().unwrap())]));
+    std::fs::remove_file(&garbage).unwrap();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("PANEL_CA_FILE {}", garbage.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn unknown_arguments_are_a_usage_error() {
     let (code, _, stderr) = run_to_end(&["serve", "--now"], &[]);
     assert_eq!(code, 2);
@@ -97,6 +117,47 @@ fn dotenv_in_the_working_directory_is_read_and_the_environment_wins() {
         "valhalla: config: FLASK_PORT must be a port number, got \"notaport\""
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_malformed_dotenv_line_stops_startup_without_showing_its_value() {
+    let dir = std::env::temp_dir().join(format!("valhalla-dotenv-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "FLASK_PORT=5000\nMYSQL_PASSWORD=\"Unclosed-S3cret\nWORKERS=2\n",
+    )
+    .unwrap();
+    let output = process::command(&[])
+        .current_dir(&dir)
+        .output()
+        .expect("run valhalla");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(".env line 2 (MYSQL_PASSWORD)"), "{stderr}");
+    assert!(!stderr.contains("S3cret"), "{stderr}");
+}
+
+#[test]
+fn the_database_password_never_reaches_the_output() {
+    let db = TestDb::create("password");
+    let vars = with_db(
+        &db,
+        &[
+            ("MYSQL_PASSWORD", "Wr0ng-But-S3cret"),
+            ("MYSQL_STARTUP_WAIT", "1"),
+            ("LOG_LEVEL", "debug"),
+        ],
+    );
+    let (code, stdout, stderr) = run_to_end(&["serve"], &vars);
+    assert_eq!(code, 1, "{stderr}");
+    let output = format!("{stdout}{stderr}");
+    assert!(
+        output.contains("pool="),
+        "the startup summary is missing: {output}"
+    );
+    assert!(!output.contains("S3cret"), "{output}");
 }
 
 #[test]
@@ -278,11 +339,18 @@ fn healthcheck_reports_the_local_server() {
 }
 
 #[test]
-fn sigterm_stops_the_server_cleanly() {
-    let db = TestDb::create("sigterm");
-    let mut server = Server::start(&with_db(&db, &[("SHUTDOWN_GRACE", "5")]));
-    server.signal(libc::SIGTERM);
-    let status = server.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "{}", server.output());
-    server.wait_for_line("stopped", Duration::from_secs(1));
+fn sigterm_and_sigint_stop_the_server_cleanly() {
+    let db = TestDb::create("signals");
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut server = Server::start(&with_db(&db, &[("SHUTDOWN_GRACE", "5")]));
+        server.signal(signal);
+        let status = server.wait_exit(Duration::from_secs(10));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "signal {signal}: {}",
+            server.output()
+        );
+        server.wait_for_line("stopped", Duration::from_secs(1));
+    }
 }
