@@ -98,9 +98,12 @@ impl App {
         else {
             return Outcome::Ready(Response::text(404, "not found\n"));
         };
-        let html = request
-            .header("Accept")
-            .is_some_and(|accept| accept.contains("text/html"));
+        let html = request.header("Accept").is_some_and(|accept| {
+            accept
+                .as_bytes()
+                .windows(b"text/html".len())
+                .any(|window| window.eq_ignore_ascii_case(b"text/html"))
+        });
         let scheme = if request.is_tls() { "https" } else { "http" };
         let host = request
             .header("Host")

@@ -381,20 +381,6 @@ pub fn finish_disable(conn: &mut mysql::Conn, subject: Subject) -> Result<(), my
     )
 }
 
-/// Schedules the next retry of a disable that some panel refused.
-pub fn postpone_disable(
-    conn: &mut mysql::Conn,
-    subject: Subject,
-    seconds: u32,
-) -> Result<(), mysql::Error> {
-    let (kind, id) = subject.parts();
-    conn.exec_drop(
-        "UPDATE valhalla_disable_retries SET next_attempt_at = UTC_TIMESTAMP() + INTERVAL ? SECOND \
-         WHERE subject = ? AND subject_id = ?",
-        (seconds, kind, id),
-    )
-}
-
 fn take<T: mysql::prelude::FromValue>(row: &mut Row, index: usize) -> Result<T, mysql::Error> {
     match row.take_opt::<T, usize>(index) {
         Some(Ok(value)) => Ok(value),

@@ -31,6 +31,9 @@ fn retry_backoff_seconds(attempt: u32) -> u32 {
         .min(6 * 3600)
 }
 
+/// Seconds a disable's lease outlasts the longest its panel calls may take.
+const DISABLE_LEASE_MARGIN_SECONDS: u32 = 15;
+
 /// The knobs of the endpoint, from the configuration.
 #[derive(Clone, Debug)]
 pub struct FlowSettings {
@@ -269,7 +272,9 @@ impl Subscriptions {
         if let Some(block) = block {
             return self.blocked(request, &lookup, &user, block, deadline);
         }
-        if request.head_only {
+        // HEAD answers only the headers and the status page shows no links:
+        // neither needs the panels.
+        if request.head_only || request.html {
             return self.finish(request, &user, UserState::Active, Vec::new(), String::new());
         }
 
@@ -335,15 +340,21 @@ impl Subscriptions {
         lookup: &Lookup,
         deadline: Deadline,
     ) -> Result<(), DbError> {
+        // A lease never ends before the disable it covers could still be
+        // running, so a retry cannot overlap the attempt before it.
+        let shortest_lease = u32::try_from(self.inner.settings.disable_timeout.as_secs())
+            .unwrap_or(u32::MAX)
+            .saturating_add(DISABLE_LEASE_MARGIN_SECONDS);
+        let lease = move |attempt| retry_backoff_seconds(attempt).max(shortest_lease);
         let claimed = if already_pushed {
             self.inner
                 .db
                 .run(deadline.instant(), move |conn| {
-                    queries::claim_retry(conn, subject, retry_backoff_seconds)
+                    queries::claim_retry(conn, subject, lease)
                 })?
                 .is_some()
         } else {
-            let lease = retry_backoff_seconds(1);
+            let lease = lease(1);
             self.inner.db.run(deadline.instant(), move |conn| {
                 queries::claim_disable(conn, subject, lease)
             })?

@@ -1346,6 +1346,22 @@ mod tests {
     }
 
     #[test]
+    fn every_address_is_tried_until_one_connects() {
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // The same port on another loopback address: nothing listens there
+        // while `live` holds the port, so the connection is refused.
+        let refused = SocketAddr::from(([127, 0, 0, 2], live.local_addr().unwrap().port()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+
+        let stream = connect_any("panel", &[refused, live.local_addr().unwrap()], deadline)
+            .expect("the second address answers");
+        assert_eq!(stream.peer_addr().unwrap(), live.local_addr().unwrap());
+
+        let error = connect_any("panel", &[refused, refused], deadline).unwrap_err();
+        assert_eq!(error.kind(), "connect", "{error:?}");
+    }
+
+    #[test]
     fn errors_do_not_show_credentials() {
         let e = UpstreamError::Status {
             host: "panel".into(),

@@ -17,7 +17,9 @@ const DAY: i64 = 86_400;
 const NOW: i64 = 1_796_299_200;
 const URL: &str = "https://sub.example.com:2096/sub/ali/0f3c9a7d21b84e6f/links";
 const WINDOW: (u32, u32) = (420, 900);
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// Where Debian puts Chromium; `VALHALLA_CHROMIUM` names another binary (the
+/// Nix shell and checks set it to the store path).
+const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A script put first in a page under test: it records every request the
@@ -54,13 +56,16 @@ impl Drop for TempDir {
     }
 }
 
-fn chromium() -> &'static str {
+fn chromium() -> String {
+    let chromium =
+        std::env::var("VALHALLA_CHROMIUM").unwrap_or_else(|_| DEFAULT_CHROMIUM.to_owned());
     assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: these tests need headless Chromium, \
-         install the Debian package `chromium` (apt-get install -y chromium)"
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: these tests need headless Chromium; \
+         install the Debian package `chromium` (apt-get install -y chromium) \
+         or point VALHALLA_CHROMIUM at a Chromium binary"
     );
-    CHROMIUM
+    chromium
 }
 
 /// Runs Chromium on `page` with `action` (`--dump-dom` or `--screenshot=...`)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fakepanel::{FakePanel, Kind, Mode, PanelConfig};
+use fakepanel::{FakePanel, Kind, Mode, PanelConfig, TestPki};
 use mysql::prelude::Queryable;
 
 use crate::support::client::{self, Reply};
@@ -123,6 +123,125 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
             "{what} did not happen within {limit:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_panel_with_a_private_ca_is_reached_once_panel_ca_file_names_it() {
+    let world = World::new("panelca");
+    let pki = TestPki::generate(&["localhost"]);
+    let panel = FakePanel::start(
+        Kind::Marzneshin,
+        PanelConfig {
+            tls: Some(pki.identity()),
+            ..PanelConfig::default()
+        },
+    );
+    panel.add_user("ali", vec![vless("private")]);
+    world.app_user(OWNER, "ali", KEY);
+    world.local_user(OWNER, "ali", 0, 0);
+    let mut conn = world.db.conn();
+    conn.exec_drop(
+        "INSERT INTO panels (telegram_user_id, panel_url, name, panel_type, admin_username, \
+         access_token) VALUES (?, ?, 'home', 'marzneshin', 'admin', ?)",
+        (OWNER, panel.url_with_host("localhost"), panel.token()),
+    )
+    .unwrap();
+    let panel_id = conn.last_insert_id() as i64;
+    world.link(OWNER, "ali", panel_id, "ali");
+
+    // Without the CA the certificate is refused: the panel is unavailable.
+    let untrusting = world.server(&[]);
+    let reply = sub(&untrusting, "ali", KEY);
+    assert_eq!(
+        lines(&reply),
+        vec!["# home: unavailable"],
+        "{}",
+        reply.text()
+    );
+    drop(untrusting);
+
+    let ca = std::env::temp_dir().join(format!("valhalla-panel-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let trusting = world.server(&[("PANEL_CA_FILE", ca.to_str().unwrap())]);
+    let reply = sub(&trusting, "ali", KEY);
+    std::fs::remove_file(&ca).unwrap();
+    assert_eq!(lines(&reply), vec![vless("private")], "{}", reply.text());
+}
+
+/// The most calls the panel received within any `window` of time: with
+/// answers that take longer than the window, calls that arrive that close
+/// together were in flight at once.
+fn most_calls_within(panel: &FakePanel, window: Duration) -> usize {
+    let arrivals: Vec<u64> = panel.calls().iter().map(|call| call.at_ms).collect();
+    let window = window.as_millis() as u64;
+    arrivals
+        .iter()
+        .map(|&start| {
+            arrivals
+                .iter()
+                .filter(|&&at| at >= start && at < start + window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn fetch_max_workers_bounds_the_panel_calls_of_one_request() {
+    let world = World::new("fetchworkers");
+    let panel = marzneshin();
+    world.app_user(OWNER, "ali", KEY);
+    world.local_user(OWNER, "ali", 0, 0);
+    // Six panel rows on one fake panel, so every call lands in one log. A
+    // panel URL is unique per owner, so the rows belong to other owners;
+    // the user's links name them by id.
+    let mut panel_ids = Vec::new();
+    for index in 0..6 {
+        let remote = format!("ali{index}");
+        panel.add_user(&remote, vec![vless(&format!("P{index}"))]);
+        let id = world.panel(
+            OWNER + 1 + index,
+            &format!("p{index}"),
+            &panel,
+            "marzneshin",
+        );
+        world.link(OWNER, "ali", id, &remote);
+        panel_ids.push(id);
+    }
+    panel.set_mode(Mode::Latency(fakepanel::Latency::Fixed(
+        Duration::from_millis(400),
+    )));
+
+    for (workers, expected) in [("2", 2), ("6", 6)] {
+        panel.clear_calls();
+        let server = world.server(&[("FETCH_MAX_WORKERS", workers), ("FETCH_CACHE_TTL", "0")]);
+        let reply = sub(&server, "ali", KEY);
+        assert_eq!(lines(&reply).len(), 6, "{}", reply.text());
+        assert_eq!(
+            most_calls_within(&panel, Duration::from_millis(300)),
+            expected,
+            "FETCH_MAX_WORKERS={workers}: {:?}",
+            panel.calls()
+        );
+
+        // Every panel call is counted by panel, call and outcome, with its
+        // duration, and every account missed the empty cache once.
+        let metrics = client::get(server.addr, "/metrics", &[]).unwrap().text();
+        for id in &panel_ids {
+            let calls = format!(
+                "valhalla_panel_calls_total{{panel_id=\"{id}\",call=\"links\",outcome=\"ok\"}} 1"
+            );
+            assert!(metrics.contains(&calls), "{calls} missing from {metrics}");
+            let timed = format!(
+                "valhalla_panel_call_duration_seconds_count{{panel_id=\"{id}\",call=\"links\"}} 1"
+            );
+            assert!(metrics.contains(&timed), "{timed} missing from {metrics}");
+        }
+        assert!(
+            metrics.contains("valhalla_cache_misses_total{cache=\"panel_links\"} 6"),
+            "{metrics}"
+        );
     }
 }
 
@@ -394,6 +513,52 @@ fn a_blocked_agent_disables_every_account_of_its_users() {
 }
 
 #[test]
+fn an_expired_agent_blocks_its_users_under_quota() {
+    let world = World::new("agentexpired");
+    let panel = marzneshin();
+    panel.add_user("ali", vec![vless("A")]);
+    world.app_user(OWNER, "ali", KEY);
+    world.local_user(OWNER, "ali", 0, 0);
+    let id = world.panel(OWNER, "P", &panel, "marzneshin");
+    world.link(OWNER, "ali", id, "ali");
+    world.exec(
+        "INSERT INTO agents (telegram_user_id, name, plan_limit_bytes, total_used_bytes, \
+         expire_at, active) VALUES (?, 'reseller', 0, 0, UTC_TIMESTAMP() - INTERVAL 1 HOUR, 1)",
+        (OWNER,),
+    );
+    let server = world.server(&[]);
+    let reply = sub(&server, "ali", KEY);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("X-Disabled-Pushed"), Some("1"));
+    assert!(!reply.text().contains(&vless("A")), "{}", reply.text());
+    wait_until("the disable", Duration::from_secs(10), || {
+        panel.user_enabled("ali") == Some(false)
+    });
+}
+
+#[test]
+fn a_blocked_user_without_links_is_disabled_on_every_owner_panel() {
+    let world = World::new("blocknolinks");
+    let (first, second) = (marzneshin(), marzban());
+    first.add_user("ali", vec![vless("A")]);
+    second.add_user("ali", vec![vless("B")]);
+    world.app_user(OWNER, "ali", KEY);
+    world.local_user(OWNER, "ali", 10, 20);
+    world.panel(OWNER, "first", &first, "marzneshin");
+    world.panel(OWNER, "second", &second, "marzban");
+    let server = world.server(&[]);
+
+    let reply = sub(&server, "ali", KEY);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("X-Disabled-Pushed"), Some("1"));
+    wait_until(
+        "the disable on both panels",
+        Duration::from_secs(10),
+        || first.user_enabled("ali") == Some(false) && second.user_enabled("ali") == Some(false),
+    );
+}
+
+#[test]
 fn a_failed_disable_is_retried_until_the_panel_confirms() {
     let world = World::new("retry");
     let panel = marzneshin();
@@ -592,23 +757,78 @@ fn browsers_get_the_status_page() {
     panel.add_user("ali", vec![vless("A")]);
     world.app_user(OWNER, "ali", KEY);
     world.local_user(OWNER, "ali", 0, 0);
+    let id = world.panel(OWNER, "home", &panel, "marzneshin");
+    world.link(OWNER, "ali", id, "ali");
     let server = world.server(&[("PUBLIC_BASE_URL", "https://sub.example.com")]);
-    let page = client::get(
-        server.addr,
-        &format!("/sub/ali/{KEY}/links"),
-        &[
-            ("Accept", "text/html,application/xhtml+xml"),
-            ("Accept-Language", "en-US,en;q=0.9"),
-        ],
-    )
-    .unwrap();
+    let browser = [
+        ("Accept", "Text/HTML,application/xhtml+xml"),
+        ("Accept-Language", "en-US,en;q=0.9"),
+    ];
+    let page = client::get(server.addr, &format!("/sub/ali/{KEY}/links"), &browser).unwrap();
     assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
     let html = page.text();
     assert!(html.contains("https://sub.example.com/sub/ali/"), "{html}");
     assert!(html.contains("data-state=\"active\""));
     assert_eq!(
         page.header("profile-web-page-url"),
         Some(format!("https://sub.example.com/sub/ali/{KEY}/links").as_str())
+    );
+    assert_eq!(
+        panel.call_count(),
+        0,
+        "the page shows no links, so no panel is asked: {:?}",
+        panel.calls()
+    );
+
+    // A wrong key gets the friendly page with 404, and no panel is asked.
+    let wrong = client::get(server.addr, "/sub/ali/not-the-key/links", &browser).unwrap();
+    assert_eq!(wrong.status, 404);
+    assert_eq!(
+        wrong.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(!wrong.text().contains(KEY));
+    assert_eq!(panel.call_count(), 0);
+}
+
+#[test]
+fn client_headers_carry_the_quota_the_title_and_the_file_name() {
+    let world = World::new("clientheaders");
+    let panel = marzneshin();
+    let persian = "\u{0639}\u{0644}\u{06CC}";
+    panel.add_user("remote", vec![vless("A")]);
+    world.app_user(OWNER, persian, KEY);
+    world.local_user(OWNER, persian, 50 << 30, 12 << 30);
+    let id = world.panel(OWNER, "home", &panel, "marzneshin");
+    world.link(OWNER, persian, id, "remote");
+    let server = world.server(&[("PROFILE_UPDATE_INTERVAL", "6")]);
+
+    let path = format!("/sub/%D8%B9%D9%84%DB%8C/{KEY}/links");
+    let reply = client::get(server.addr, &path, &[]).unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(lines(&reply), vec![vless("A")]);
+    assert_eq!(reply.header("profile-update-interval"), Some("6"));
+    assert_eq!(
+        reply.header("subscription-userinfo"),
+        Some(
+            format!(
+                "upload=0; download={}; total={}; expire=0",
+                12u64 << 30,
+                50u64 << 30
+            )
+            .as_str()
+        )
+    );
+    // Non-ASCII titles travel base64-encoded, as clients expect.
+    assert_eq!(reply.header("profile-title"), Some("base64:2LnZhNuM"));
+    let disposition = reply.header("content-disposition").expect("a file name");
+    assert!(
+        disposition.contains("filename*=UTF-8''%D8%B9%D9%84%DB%8C"),
+        "{disposition}"
     );
 }
 

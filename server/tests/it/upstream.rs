@@ -629,16 +629,26 @@ fn chunked_answers_are_read() {
 
 #[test]
 fn body_larger_than_the_cap_is_an_error() {
-    let panel = FakePanel::start(Kind::Marzban, PanelConfig::default());
-    panel.add_user("ali", links(&["a", "b", "c", "d", "e", "f"]));
-    let row = Row::of(&panel, PanelKind::Marzban);
-    let panels = panels_with(ClientOptions {
-        max_body: 100,
-        ..options()
-    });
+    // The cap holds whether the panel announces the length or streams
+    // chunks of unknown total size.
+    for chunked in [false, true] {
+        let panel = FakePanel::start(
+            Kind::Marzban,
+            PanelConfig {
+                chunked,
+                ..PanelConfig::default()
+            },
+        );
+        panel.add_user("ali", links(&["a", "b", "c", "d", "e", "f"]));
+        let row = Row::of(&panel, PanelKind::Marzban);
+        let panels = panels_with(ClientOptions {
+            max_body: 100,
+            ..options()
+        });
 
-    let error = fetch_links(&panels, &row, "ali").unwrap_err();
-    assert_eq!(error.kind(), "too_large", "{error:?}");
+        let error = fetch_links(&panels, &row, "ali").unwrap_err();
+        assert_eq!(error.kind(), "too_large", "chunked={chunked}: {error:?}");
+    }
 }
 
 #[test]
