@@ -332,7 +332,7 @@ fn run() -> Result<()> {
             context.machine.push((
                 "load average (1 min)".into(),
                 format!(
-                    "{load_before} before the sweep, {} after: other work on the machine competes with every figure",
+                    "{load_before} before the sweep (anything above 0 is other work competing with the figures), {} at its end (the sweep's own processes included)",
                     load_average()
                 ),
             ));

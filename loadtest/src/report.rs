@@ -59,8 +59,28 @@ pub struct Knee {
     pub pool: usize,
     pub rps: f64,
     pub best_rps: f64,
-    pub smallest_pool_rps: f64,
+    /// The smallest pool of the curve, its req/s and its error rate.
+    pub smallest_pool: (usize, f64, f64),
     pub clarity: Clarity,
+}
+
+impl Knee {
+    /// What the smallest pool did, for the text: its throughput, or its
+    /// failures when too many requests failed for the throughput to count.
+    /// Empty when the knee is the smallest pool itself.
+    fn describe_smallest_pool(&self) -> String {
+        let (pool, rps, error_rate) = self.smallest_pool;
+        if pool == self.pool {
+            String::new()
+        } else if error_rate <= MAX_ERROR_RATE {
+            format!(" (pool {pool}: {} req/s)", fmt_rps(rps))
+        } else {
+            format!(
+                " (pool {pool}: {:.0}% of requests failed)",
+                100.0 * error_rate
+            )
+        }
+    }
 }
 
 /// Finds the knee in (pool, req/s, error rate) points of one curve.
@@ -73,9 +93,12 @@ pub fn knee(points: &[(usize, f64, f64)]) -> Option<Knee> {
         return None;
     }
     let at_knee = valid.iter().find(|p| p.1 >= KNEE_SHARE * best)?;
-    let smallest = points
-        .first()
-        .map_or(0.0, |p| if p.2 <= MAX_ERROR_RATE { p.1 } else { 0.0 });
+    let smallest_pool = *points.first()?;
+    let smallest = if smallest_pool.2 <= MAX_ERROR_RATE {
+        smallest_pool.1
+    } else {
+        0.0
+    };
     let after: Vec<f64> = points
         .iter()
         .filter(|p| p.0 > at_knee.0)
@@ -95,7 +118,7 @@ pub fn knee(points: &[(usize, f64, f64)]) -> Option<Knee> {
         pool: at_knee.0,
         rps: at_knee.1,
         best_rps: best,
-        smallest_pool_rps: smallest,
+        smallest_pool,
         clarity,
     })
 }
@@ -548,11 +571,11 @@ fn write_guidance(md: &mut String, g: &Guidance) {
     for (latency, k) in &g.knees {
         let _ = writeln!(
             md,
-            "  - panel latency {latency}: pool {} gives {} req/s of a best {} (pool 1: {}); the knee is {}.",
+            "  - panel latency {latency}: pool {} gives {} req/s of a best {}{}; the knee is {}.",
             k.pool,
             fmt_rps(k.rps),
             fmt_rps(k.best_rps),
-            fmt_rps(k.smallest_pool_rps),
+            k.describe_smallest_pool(),
             k.clarity.describe()
         );
     }
@@ -907,7 +930,13 @@ mod tests {
         // A pool of 1 that fails 20% of its requests does not count.
         let failing = knee(&[(1, 1_200.0, 0.2), (2, 960.0, 0.0), (4, 1_000.0, 0.0)]).unwrap();
         assert_eq!(failing.pool, 2);
-        assert_eq!(failing.smallest_pool_rps, 0.0);
+        assert_eq!(
+            failing.describe_smallest_pool(),
+            " (pool 1: 20% of requests failed)"
+        );
+        let clear = knee(&[(1, 300.0, 0.0), (4, 1_000.0, 0.0)]).unwrap();
+        assert_eq!(clear.describe_smallest_pool(), " (pool 1: 300 req/s)");
+        assert_eq!(flat.describe_smallest_pool(), "");
         assert!(knee(&[(1, 100.0, 0.5)]).is_none());
     }
 

@@ -28,14 +28,17 @@ use prometheus_client::registry::Registry;
 use super::{DbError, PoolOptions, connect_error};
 
 /// Queued jobs allowed per connection thread before new jobs are refused at
-/// once. A queued job waits at most the acquire timeout anyway; the bound only
-/// keeps a burst from piling up memory and lets the router answer 503 without
-/// waiting when the backlog is already hopeless.
-const QUEUED_JOBS_PER_THREAD: usize = 32;
+/// once. A queued job waits at most the acquire timeout anyway, so the bound
+/// only caps memory in a flood (a queued job is a few hundred bytes) and lets
+/// a hopeless backlog be answered 503 without waiting. It must stay well above
+/// what a healthy pool drains within the acquire timeout: one connection
+/// thread runs a lookup in about a millisecond, and the sizing sweep saw a
+/// bound of 32 per thread refuse requests that would have been served in time.
+const QUEUED_JOBS_PER_THREAD: usize = 256;
 
 /// The smallest queue bound, so a pool of one or two threads still absorbs a
-/// short burst.
-const MIN_QUEUE_CAPACITY: usize = 64;
+/// burst of a few hundred clients.
+const MIN_QUEUE_CAPACITY: usize = 1024;
 
 /// At most one "pool exhausted" log line per this interval; the others are
 /// counted and reported in the next line.
