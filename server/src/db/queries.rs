@@ -299,48 +299,41 @@ fn read_accounts(rows: Vec<Row>) -> Result<Vec<PanelAccount>, mysql::Error> {
         .collect()
 }
 
-/// Marks the subject's remote accounts as disabled, if no one did before.
-/// True means this caller won the claim and must call the panels; the
-/// database decides, so two requests or two processes never both do.
+/// Claims the first disable of the subject: true means this caller won and
+/// must call the panels; the database decides, so two requests or two
+/// processes never both do.
 ///
-/// In the same transaction the claim leaves a lease in
-/// `valhalla_disable_retries`: if this process dies before the panels
-/// confirm, a later request finds the expired lease and retries.
+/// The claim is a row in `valhalla_disable_retries` whose `next_attempt_at`
+/// is the lease: if this process dies before the panels confirm, a later
+/// request finds the expired lease and retries. `disabled_pushed` is set
+/// only by [`finish_disable`], once every panel confirmed.
 pub fn claim_disable(
     conn: &mut mysql::Conn,
     subject: Subject,
     lease_seconds: u32,
 ) -> Result<bool, mysql::Error> {
-    let mut tx = conn.start_transaction(mysql::TxOpts::default())?;
-    let claim = match subject {
-        Subject::User(id) => {
-            tx.exec_drop(
-                "UPDATE local_users SET disabled_pushed = 1, disabled_pushed_at = UTC_TIMESTAMP() \
-                 WHERE id = ? AND disabled_pushed = 0",
-                (id,),
-            )?;
-            tx.affected_rows() == 1
+    // The claim is taken only while the flag is still 0, in the same
+    // statement: a request that read the row before another finished the
+    // disable (flag set, claim removed, in one transaction) sees the flag
+    // here and claims nothing. IGNORE turns only the duplicate key of a
+    // pending claim into "no row inserted".
+    let sql = match subject {
+        Subject::User(_) => {
+            "INSERT IGNORE INTO valhalla_disable_retries \
+                (subject, subject_id, attempts, next_attempt_at) \
+             SELECT 'user', id, 1, UTC_TIMESTAMP() + INTERVAL ? SECOND \
+             FROM local_users WHERE id = ? AND disabled_pushed = 0"
         }
-        Subject::Agent(id) => {
-            tx.exec_drop(
-                "UPDATE agents SET disabled_pushed = 1, disabled_pushed_at = UTC_TIMESTAMP() \
-                 WHERE id = ? AND disabled_pushed = 0",
-                (id,),
-            )?;
-            tx.affected_rows() == 1
+        Subject::Agent(_) => {
+            "INSERT IGNORE INTO valhalla_disable_retries \
+                (subject, subject_id, attempts, next_attempt_at) \
+             SELECT 'agent', id, 1, UTC_TIMESTAMP() + INTERVAL ? SECOND \
+             FROM agents WHERE id = ? AND disabled_pushed = 0"
         }
     };
-    if claim {
-        let (kind, id) = subject.parts();
-        tx.exec_drop(
-            "INSERT INTO valhalla_disable_retries (subject, subject_id, attempts, next_attempt_at) \
-             VALUES (?, ?, 1, UTC_TIMESTAMP() + INTERVAL ? SECOND) \
-             ON DUPLICATE KEY UPDATE attempts = 1, next_attempt_at = VALUES(next_attempt_at)",
-            (kind, id, lease_seconds),
-        )?;
-    }
-    tx.commit()?;
-    Ok(claim)
+    let (_, id) = subject.parts();
+    conn.exec_drop(sql, (lease_seconds, id))?;
+    Ok(conn.affected_rows() == 1)
 }
 
 /// Takes a due retry of an earlier disable that the panels did not confirm.
@@ -372,13 +365,27 @@ pub fn claim_retry(
     Ok((conn.affected_rows() == 1).then_some(next))
 }
 
-/// Records that every panel confirmed the disable.
+/// Records that every panel confirmed the disable: the subject's
+/// `disabled_pushed` flag is set and its claim removed, in one transaction.
 pub fn finish_disable(conn: &mut mysql::Conn, subject: Subject) -> Result<(), mysql::Error> {
     let (kind, id) = subject.parts();
-    conn.exec_drop(
+    let mut tx = conn.start_transaction(mysql::TxOpts::default())?;
+    let flag = match subject {
+        Subject::User(_) => {
+            "UPDATE local_users SET disabled_pushed = 1, disabled_pushed_at = UTC_TIMESTAMP() \
+             WHERE id = ?"
+        }
+        Subject::Agent(_) => {
+            "UPDATE agents SET disabled_pushed = 1, disabled_pushed_at = UTC_TIMESTAMP() \
+             WHERE id = ?"
+        }
+    };
+    tx.exec_drop(flag, (id,))?;
+    tx.exec_drop(
         "DELETE FROM valhalla_disable_retries WHERE subject = ? AND subject_id = ?",
         (kind, id),
-    )
+    )?;
+    tx.commit()
 }
 
 fn take<T: mysql::prelude::FromValue>(row: &mut Row, index: usize) -> Result<T, mysql::Error> {

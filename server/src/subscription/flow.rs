@@ -340,25 +340,24 @@ impl Subscriptions {
         lookup: &Lookup,
         deadline: Deadline,
     ) -> Result<(), DbError> {
+        // The flag is set only once every panel confirmed: nothing is left
+        // to do. Otherwise this is the first claim, or a due retry of a
+        // claim whose panels did not all confirm (or whose process died).
+        if already_pushed {
+            return Ok(());
+        }
         // A lease never ends before the disable it covers could still be
         // running, so a retry cannot overlap the attempt before it.
         let shortest_lease = u32::try_from(self.inner.settings.disable_timeout.as_secs())
             .unwrap_or(u32::MAX)
             .saturating_add(DISABLE_LEASE_MARGIN_SECONDS);
         let lease = move |attempt| retry_backoff_seconds(attempt).max(shortest_lease);
-        let claimed = if already_pushed {
-            self.inner
-                .db
-                .run(deadline.instant(), move |conn| {
-                    queries::claim_retry(conn, subject, lease)
-                })?
-                .is_some()
-        } else {
-            let lease = lease(1);
-            self.inner.db.run(deadline.instant(), move |conn| {
-                queries::claim_disable(conn, subject, lease)
-            })?
-        };
+        let claimed = self.inner.db.run(deadline.instant(), move |conn| {
+            if queries::claim_disable(conn, subject, lease(1))? {
+                return Ok(true);
+            }
+            Ok(queries::claim_retry(conn, subject, lease)?.is_some())
+        })?;
         if !claimed {
             return Ok(());
         }

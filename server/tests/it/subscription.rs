@@ -425,7 +425,9 @@ fn a_user_over_quota_is_disabled_once_and_told_why() {
     wait_until("the remote disable", Duration::from_secs(10), || {
         panel.user_enabled("ali") == Some(false)
     });
-    assert_eq!(world.user_flag(user), 1);
+    wait_until("the confirmed flag", Duration::from_secs(5), || {
+        world.user_flag(user) == 1
+    });
     for _ in 0..3 {
         assert_eq!(
             sub(&server, "ali", KEY).header("X-Disabled-Pushed"),
@@ -493,13 +495,14 @@ fn a_blocked_agent_disables_every_account_of_its_users() {
     wait_until("both disables", Duration::from_secs(10), || {
         panel.user_enabled("ali") == Some(false) && panel.user_enabled("bob") == Some(false)
     });
-    let flag: i64 = world
-        .db
-        .conn()
-        .query_first("SELECT disabled_pushed FROM agents")
-        .unwrap()
-        .unwrap();
-    assert_eq!(flag, 1);
+    wait_until("the agent's confirmed flag", Duration::from_secs(5), || {
+        let flag: Option<i64> = world
+            .db
+            .conn()
+            .query_first("SELECT disabled_pushed FROM agents")
+            .unwrap();
+        flag == Some(1)
+    });
     let page = client::get(
         server.addr,
         &format!("/sub/ali/{KEY}/links"),
@@ -581,6 +584,11 @@ fn a_failed_disable_is_retried_until_the_panel_confirms() {
         )
         .unwrap();
     assert_eq!(pending, Some(1));
+    assert_eq!(
+        world.user_flag(user),
+        0,
+        "the flag waits until a panel confirms"
+    );
 
     // Before the back-off ends, nothing is retried.
     let before = disable_calls(&panel);
@@ -605,6 +613,7 @@ fn a_failed_disable_is_retried_until_the_panel_confirms() {
             .unwrap();
         left == Some(0)
     });
+    assert_eq!(world.user_flag(user), 1);
     let metrics = client::get(server.addr, "/metrics", &[]).unwrap().text();
     assert!(
         metrics.contains("valhalla_disables_total{panel_id=\""),
@@ -903,7 +912,9 @@ fn disable_happens_once_under_200_concurrent_requests_from_two_processes() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(panel.disabled_users(), vec!["ali".to_string()]);
     assert_eq!(disable_calls(&panel), 1);
-    assert_eq!(world.user_flag(user), 1);
+    wait_until("the confirmed flag", Duration::from_secs(5), || {
+        world.user_flag(user) == 1
+    });
 }
 
 #[test]
