@@ -380,39 +380,57 @@ impl fmt::Display for Settings {
     /// The one-line summary logged at startup. It names every effective
     /// setting that shapes behaviour and never a password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mysql = &self.mysql;
         write!(
             f,
-            "listen={}:{} tls={} workers={} request_timeout={}s idle_timeout={}s \
-             mysql={}@{}:{}/{} password={} pool={} acquire_timeout={}ms admins={} \
-             cache_ttl={}s stale_ttl={}s fetch_workers={} panel_timeouts={}s/{}s panel_ca={} public_url={}",
+            "listen={}:{} tls={} workers={} request_timeout={:?} idle_timeout={:?} \
+             shutdown_grace={:?} mysql={}@",
             self.host,
             self.port,
             if self.tls.is_some() { "on" } else { "off" },
             self.workers,
-            self.request_timeout.as_secs(),
-            self.idle_timeout.as_secs(),
-            self.mysql.user,
-            self.mysql.host,
-            self.mysql.port,
-            self.mysql.database,
-            if self.mysql.password.is_empty() {
+            self.request_timeout,
+            self.idle_timeout,
+            self.shutdown_grace,
+            mysql.user,
+        )?;
+        match &mysql.socket {
+            Some(socket) => write!(f, "unix:{}", socket.display())?,
+            None => write!(f, "{}:{}", mysql.host, mysql.port)?,
+        }
+        write!(
+            f,
+            "/{} password={} pool={} acquire_timeout={:?} startup_wait={:?} admins={} \
+             cache_ttl={:?} stale_ttl={:?} cache_max_bytes={} fetch_workers={} \
+             panel_timeouts={:?}/{:?} panel_ca={} public_url={} profile_update_interval={}h \
+             log={}:{}",
+            mysql.database,
+            if mysql.password.is_empty() {
                 "none"
             } else {
                 "set"
             },
-            self.mysql.pool_size,
-            self.mysql.acquire_timeout.as_millis(),
+            mysql.pool_size,
+            mysql.acquire_timeout,
+            mysql.startup_wait,
             self.admin_ids.len(),
-            self.fetch_cache_ttl.as_secs(),
-            self.stale_ttl.as_secs(),
+            self.fetch_cache_ttl,
+            self.stale_ttl,
+            self.cache_max_bytes,
             self.fetch_max_workers,
-            self.panel_user_timeout.as_secs(),
-            self.panel_link_timeout.as_secs(),
+            self.panel_user_timeout,
+            self.panel_link_timeout,
             self.panel_ca_file.as_deref().map_or_else(
                 || "system".into(),
                 |path| format!("system+{}", path.display())
             ),
             self.public_base_url.as_deref().unwrap_or("unset"),
+            self.profile_update_interval_hours,
+            match self.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+            self.log_filter,
         )
     }
 }
@@ -699,6 +717,25 @@ mod tests {
         assert!(!summary.contains("hunter2"), "{summary}");
         assert!(summary.contains("password=set"), "{summary}");
         assert!(!format!("{:?}", settings.mysql).contains("hunter2"));
+    }
+
+    #[test]
+    fn the_summary_names_every_effective_setting() {
+        let summary = settings(&[
+            ("MYSQL_SOCKET", "/run/mysqld/mysqld.sock"),
+            ("IDLE_TIMEOUT", "0.5"),
+            ("LOG_FORMAT", "json"),
+        ])
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            summary,
+            "listen=0.0.0.0:5000 tls=off workers=2 request_timeout=120s idle_timeout=500ms \
+             shutdown_grace=30s mysql=root@unix:/run/mysqld/mysqld.sock/valhalla password=none \
+             pool=10 acquire_timeout=250ms startup_wait=60s admins=0 cache_ttl=300s \
+             stale_ttl=86400s cache_max_bytes=67108864 fetch_workers=5 panel_timeouts=15s/20s \
+             panel_ca=system public_url=unset profile_update_interval=12h log=json:info"
+        );
     }
 
     #[test]
