@@ -110,6 +110,10 @@ fn owner_set_of_param(column: &str, owner_id: i64, admin_ids: &[i64]) -> String 
     }
 }
 
+/// The column of the lookup that holds the link's id, which orders the
+/// accounts.
+const LINK_ID_COLUMN: usize = 22;
+
 /// Unix seconds of a DATETIME, read in the session's UTC zone. Zero dates,
 /// which old rows may hold, count as no expiry.
 fn unix(column: &str) -> String {
@@ -129,7 +133,8 @@ impl Queries {
                 (SELECT JSON_ARRAYAGG(dc.config_name) FROM panel_disabled_configs dc
                     WHERE dc.panel_id = p.id),
                 (SELECT JSON_ARRAYAGG(dn.config_index) FROM panel_disabled_numbers dn
-                    WHERE dn.panel_id = p.id)
+                    WHERE dn.panel_id = p.id),
+                l.id
             FROM app_users au
             LEFT JOIN local_users lu ON lu.id = (
                 SELECT u.id FROM local_users u
@@ -144,8 +149,7 @@ impl Queries {
             LEFT JOIN panels p
                 ON (l.id IS NOT NULL AND p.id = l.panel_id)
                 OR (l.id IS NULL AND lu.id IS NOT NULL AND {panel_owner})
-            WHERE au.username = ? AND au.app_key = ? AND BINARY au.app_key = BINARY ?
-            ORDER BY au.id, l.id, p.id",
+            WHERE au.username = ? AND au.app_key = ? AND BINARY au.app_key = BINARY ?",
             user_expiry = unix("lu.expire_at"),
             agent_expiry = unix("ag.expire_at"),
             user_owner = owner_set("u.owner_id", admin_ids),
@@ -182,7 +186,20 @@ impl Queries {
         username: &str,
         app_key: &str,
     ) -> Result<Option<Lookup>, mysql::Error> {
-        let rows: Vec<Row> = conn.exec(&self.lookup, (username, username, app_key, app_key))?;
+        let mut rows: Vec<Row> = conn.exec(&self.lookup, (username, username, app_key, app_key))?;
+        // The rows are put in order here rather than by the statement: an
+        // ORDER BY made MariaDB sort them through a temporary table, which
+        // halved the statement's throughput. The order is the app user's
+        // row, then the link's, then the panel's, with NULLs first as SQL
+        // would sort them.
+        rows.sort_by_cached_key(|row| {
+            let id = |index| {
+                row.get_opt::<Option<i64>, usize>(index)
+                    .and_then(Result::ok)
+                    .flatten()
+            };
+            (id(0), id(LINK_ID_COLUMN), id(14))
+        });
         let mut lookup: Option<Lookup> = None;
         let mut first_app_user = None;
         for mut row in rows {

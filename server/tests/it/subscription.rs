@@ -265,8 +265,10 @@ fn links_from_every_panel_are_merged_in_link_order_without_duplicates() {
     world.local_user(OWNER, "ali", 10_000, 2_500);
     let p1 = world.panel(OWNER, "Germany", &first, "marzneshin");
     let p2 = world.panel(OWNER, "Finland", &second, "marzban");
-    world.link(OWNER, "ali", p1, "ali");
+    // Linked in the other order than the panels were created: the links'
+    // order decides.
     world.link(OWNER, "ali", p2, "ali_remote");
+    world.link(OWNER, "ali", p1, "ali");
     let server = world.server(&[]);
 
     let reply = sub(&server, "ali", KEY);
@@ -274,10 +276,10 @@ fn links_from_every_panel_are_merged_in_link_order_without_duplicates() {
     assert_eq!(
         lines(&reply),
         vec![
-            vless("A1"),
-            vless("shared"),
             vless("B1"),
-            "trojan://pw@h:443#T".to_string()
+            vless("shared"),
+            "trojan://pw@h:443#T".to_string(),
+            vless("A1"),
         ]
     );
     assert!(reply.text().ends_with('\n'));
