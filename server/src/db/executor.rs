@@ -31,8 +31,8 @@ use super::{DbError, PoolOptions, connect_error};
 /// once. A queued job waits at most the acquire timeout anyway, so the bound
 /// only caps memory in a flood (a queued job is a few hundred bytes) and lets
 /// a hopeless backlog be answered 503 without waiting. It must stay well above
-/// what a healthy pool drains within the acquire timeout: one connection
-/// thread runs a lookup in about a millisecond, and the sizing sweep saw a
+/// what a healthy pool drains within the acquire timeout: a connection thread
+/// runs a lookup in a few milliseconds at most, and the sizing sweep saw a
 /// bound of 32 per thread refuse requests that would have been served in time.
 const QUEUED_JOBS_PER_THREAD: usize = 256;
 
