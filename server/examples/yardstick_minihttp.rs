@@ -5,8 +5,9 @@
 //! (address, may workers); `scripts/yardstick` starts it next to
 //! `yardstick_valhalla` and loads both with wrk.
 
+mod yardstick;
+
 use std::io;
-use std::net::SocketAddr;
 
 use anyhow::Context;
 use may_minihttp::{HttpServer, HttpService, Request, Response};
@@ -36,7 +37,7 @@ impl HttpService for Healthz {
 }
 
 fn main() -> anyhow::Result<()> {
-    let (addr, workers) = arguments()?;
+    let (addr, workers) = yardstick::arguments("yardstick_minihttp")?;
     // The same runtime settings as our server, so that only the layers
     // differ.
     valhalla::configure_runtime(workers);
@@ -50,19 +51,4 @@ fn main() -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the may_minihttp listener panicked"))?;
     Ok(())
-}
-
-/// `ADDR WORKERS`, both required so that the script states them.
-fn arguments() -> anyhow::Result<(SocketAddr, usize)> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, workers] = args.as_slice() else {
-        anyhow::bail!("usage: yardstick_minihttp ADDR WORKERS");
-    };
-    let addr = addr
-        .parse()
-        .with_context(|| format!("address {addr:?} is not ip:port"))?;
-    let workers = workers
-        .parse()
-        .with_context(|| format!("workers {workers:?} is not a number"))?;
-    Ok((addr, workers))
 }

@@ -5,7 +5,8 @@
 //! (address, may workers); `scripts/yardstick` starts it next to
 //! `yardstick_minihttp` and loads both with wrk.
 
-use std::net::SocketAddr;
+mod yardstick;
+
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -35,7 +36,7 @@ impl Service for Healthz {
 }
 
 fn main() -> anyhow::Result<()> {
-    let (addr, workers) = arguments()?;
+    let (addr, workers) = yardstick::arguments("yardstick_valhalla")?;
     valhalla::configure_runtime(workers);
     valhalla::http::raise_open_files_limit().context("cannot raise the open files limit")?;
 
@@ -55,19 +56,4 @@ fn main() -> anyhow::Result<()> {
     loop {
         std::thread::park();
     }
-}
-
-/// `ADDR WORKERS`, both required so that the script states them.
-fn arguments() -> anyhow::Result<(SocketAddr, usize)> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, workers] = args.as_slice() else {
-        anyhow::bail!("usage: yardstick_valhalla ADDR WORKERS");
-    };
-    let addr = addr
-        .parse()
-        .with_context(|| format!("address {addr:?} is not ip:port"))?;
-    let workers = workers
-        .parse()
-        .with_context(|| format!("workers {workers:?} is not a number"))?;
-    Ok((addr, workers))
 }

@@ -519,9 +519,6 @@ fn resolve_host(text: &str) -> Option<IpAddr> {
     if let Ok(ip) = text.parse() {
         return Some(ip);
     }
-    if text.eq_ignore_ascii_case("localhost") {
-        return Some(IpAddr::from([127, 0, 0, 1]));
-    }
     let addresses: Vec<IpAddr> = (text, 0)
         .to_socket_addrs()
         .ok()?
@@ -550,18 +547,14 @@ fn describe_dotenv_error(path: &Path, error: &dotenvy::Error) -> String {
         let first = line.lines().next().unwrap_or_default();
         text.lines().position(|candidate| candidate == first)
     });
-    let mut message = format!("cannot parse {}", path.display());
-    if let Some(number) = number {
-        message.push_str(&format!(" line {}", number + 1));
-    }
-    if let Some(name) = name {
-        message.push_str(&format!(" ({name})"));
-    }
-    message.push_str(&format!(
-        ": malformed at character {}, often an unclosed quote; the line is not shown because it may hold a password",
+    let number = number.map_or_else(String::new, |n| format!(" line {}", n + 1));
+    let name = name.map_or_else(String::new, |name| format!(" ({name})"));
+    format!(
+        "cannot parse {}{number}{name}: malformed at character {}, often an unclosed quote; \
+         the line is not shown because it may hold a password",
+        path.display(),
         index + 1
-    ));
-    message
+    )
 }
 
 /// Seconds as an integer or a decimal (`120`, `0.5`), at most a year.

@@ -77,6 +77,14 @@ impl Subject {
             Subject::Agent(id) => ("agent", id),
         }
     }
+
+    /// The table holding the subject's `disabled_pushed` flag.
+    fn table(self) -> &'static str {
+        match self {
+            Subject::User(_) => "local_users",
+            Subject::Agent(_) => "agents",
+        }
+    }
 }
 
 /// `column` belongs to the owner set of the app user `au`: the owner itself
@@ -334,22 +342,15 @@ pub fn claim_disable(
     // disable (flag set, claim removed, in one transaction) sees the flag
     // here and claims nothing. IGNORE turns only the duplicate key of a
     // pending claim into "no row inserted".
-    let sql = match subject {
-        Subject::User(_) => {
-            "INSERT IGNORE INTO valhalla_disable_retries \
-                (subject, subject_id, attempts, next_attempt_at) \
-             SELECT 'user', id, 1, UTC_TIMESTAMP() + INTERVAL ? SECOND \
-             FROM local_users WHERE id = ? AND disabled_pushed = 0"
-        }
-        Subject::Agent(_) => {
-            "INSERT IGNORE INTO valhalla_disable_retries \
-                (subject, subject_id, attempts, next_attempt_at) \
-             SELECT 'agent', id, 1, UTC_TIMESTAMP() + INTERVAL ? SECOND \
-             FROM agents WHERE id = ? AND disabled_pushed = 0"
-        }
-    };
-    let (_, id) = subject.parts();
-    conn.exec_drop(sql, (lease_seconds, id))?;
+    let (kind, id) = subject.parts();
+    let sql = format!(
+        "INSERT IGNORE INTO valhalla_disable_retries \
+            (subject, subject_id, attempts, next_attempt_at) \
+         SELECT ?, id, 1, UTC_TIMESTAMP() + INTERVAL ? SECOND \
+         FROM {} WHERE id = ? AND disabled_pushed = 0",
+        subject.table()
+    );
+    conn.exec_drop(sql, (kind, lease_seconds, id))?;
     Ok(conn.affected_rows() == 1)
 }
 
@@ -387,17 +388,13 @@ pub fn claim_retry(
 pub fn finish_disable(conn: &mut mysql::Conn, subject: Subject) -> Result<(), mysql::Error> {
     let (kind, id) = subject.parts();
     let mut tx = conn.start_transaction(mysql::TxOpts::default())?;
-    let flag = match subject {
-        Subject::User(_) => {
-            "UPDATE local_users SET disabled_pushed = 1, disabled_pushed_at = UTC_TIMESTAMP() \
-             WHERE id = ?"
-        }
-        Subject::Agent(_) => {
-            "UPDATE agents SET disabled_pushed = 1, disabled_pushed_at = UTC_TIMESTAMP() \
-             WHERE id = ?"
-        }
-    };
-    tx.exec_drop(flag, (id,))?;
+    tx.exec_drop(
+        format!(
+            "UPDATE {} SET disabled_pushed = 1, disabled_pushed_at = UTC_TIMESTAMP() WHERE id = ?",
+            subject.table()
+        ),
+        (id,),
+    )?;
     tx.exec_drop(
         "DELETE FROM valhalla_disable_retries WHERE subject = ? AND subject_id = ?",
         (kind, id),

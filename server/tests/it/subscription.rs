@@ -53,11 +53,23 @@ impl World {
     }
 
     fn panel(&self, owner: i64, name: &str, panel: &FakePanel, panel_type: &str) -> i64 {
+        self.panel_at(owner, name, &panel.url(), panel, panel_type)
+    }
+
+    /// A panel row whose URL names `panel` another way (by host name).
+    fn panel_at(
+        &self,
+        owner: i64,
+        name: &str,
+        url: &str,
+        panel: &FakePanel,
+        panel_type: &str,
+    ) -> i64 {
         let mut conn = self.db.conn();
         conn.exec_drop(
             "INSERT INTO panels (telegram_user_id, panel_url, name, panel_type, admin_username, \
              access_token) VALUES (?, ?, ?, ?, 'admin', ?)",
-            (owner, panel.url(), name, panel_type, panel.token()),
+            (owner, url, name, panel_type, panel.token()),
         )
         .unwrap();
         conn.last_insert_id() as i64
@@ -69,6 +81,21 @@ impl World {
              remote_username) VALUES (?, ?, ?, ?)",
             (owner, local, panel_id, remote),
         );
+    }
+
+    /// An app user of `OWNER` with the test key and its local user; returns
+    /// the local user's id.
+    fn subscriber(&self, username: &str, limit: i64, used: i64) -> i64 {
+        self.app_user(OWNER, username, KEY);
+        self.local_user(OWNER, username, limit, used)
+    }
+
+    /// A panel of `OWNER` that `username` is linked to under its own name;
+    /// returns the panel's id.
+    fn linked_panel(&self, username: &str, name: &str, panel: &FakePanel, panel_type: &str) -> i64 {
+        let id = self.panel(OWNER, name, panel, panel_type);
+        self.link(OWNER, username, id, username);
+        id
     }
 
     fn user_flag(&self, id: i64) -> i64 {
@@ -138,16 +165,9 @@ fn a_panel_with_a_private_ca_is_reached_once_panel_ca_file_names_it() {
         },
     );
     panel.add_user("ali", vec![vless("private")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
-    let mut conn = world.db.conn();
-    conn.exec_drop(
-        "INSERT INTO panels (telegram_user_id, panel_url, name, panel_type, admin_username, \
-         access_token) VALUES (?, ?, 'home', 'marzneshin', 'admin', ?)",
-        (OWNER, panel.url_with_host("localhost"), panel.token()),
-    )
-    .unwrap();
-    let panel_id = conn.last_insert_id() as i64;
+    world.subscriber("ali", 0, 0);
+    let url = panel.url_with_host("localhost");
+    let panel_id = world.panel_at(OWNER, "home", &url, &panel, "marzneshin");
     world.link(OWNER, "ali", panel_id, "ali");
 
     // Without the CA the certificate is refused: the panel is unavailable.
@@ -191,8 +211,7 @@ fn most_calls_within(panel: &FakePanel, window: Duration) -> usize {
 fn fetch_max_workers_bounds_the_panel_calls_of_one_request() {
     let world = World::new("fetchworkers");
     let panel = marzneshin();
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
+    world.subscriber("ali", 0, 0);
     // Six panel rows on one fake panel, so every call lands in one log. A
     // panel URL is unique per owner, so the rows belong to other owners;
     // the user's links name them by id.
@@ -261,8 +280,7 @@ fn links_from_every_panel_are_merged_in_link_order_without_duplicates() {
             "  'trojan://pw@h:443#T'  ".into(),
         ],
     );
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 10_000, 2_500);
+    world.subscriber("ali", 10_000, 2_500);
     let p1 = world.panel(OWNER, "Germany", &first, "marzneshin");
     let p2 = world.panel(OWNER, "Finland", &second, "marzban");
     // Linked in the other order than the panels were created: the links'
@@ -303,8 +321,7 @@ fn links_from_every_panel_are_merged_in_link_order_without_duplicates() {
 #[test]
 fn an_unknown_owner_or_a_key_in_the_wrong_case_is_404() {
     let world = World::new("owner404");
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
+    world.subscriber("ali", 0, 0);
     let server = world.server(&[]);
     assert_eq!(sub(&server, "nobody", KEY).status, 404);
     assert_eq!(sub(&server, "ali", &KEY.to_lowercase()).status, 404);
@@ -346,10 +363,8 @@ fn disabled_names_and_numbers_filter_each_panel() {
             vless("Keep%202"),
         ],
     );
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    world.subscriber("ali", 0, 0);
+    let id = world.linked_panel("ali", "P", &panel, "marzneshin");
     world.exec(
         "INSERT INTO panel_disabled_configs (telegram_user_id, panel_id, config_name) VALUES (?, ?, 'Drop me')",
         (OWNER, id),
@@ -372,8 +387,7 @@ fn a_user_without_links_is_looked_up_on_every_owner_panel() {
     let (first, second) = (marzneshin(), marzban());
     first.add_user("sara", vec![vless("S1")]);
     second.add_user("sara", vec![vless("S2")]);
-    world.app_user(OWNER, "sara", KEY);
-    world.local_user(OWNER, "sara", 0, 0);
+    world.subscriber("sara", 0, 0);
     world.panel(OWNER, "one", &first, "marzneshin");
     world.panel(OWNER, "two", &second, "marzban");
     let server = world.server(&[]);
@@ -406,10 +420,8 @@ fn a_user_over_quota_is_disabled_once_and_told_why() {
     let world = World::new("quota");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    let user = world.local_user(OWNER, "ali", 1_000, 1_000);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    let user = world.subscriber("ali", 1_000, 1_000);
+    world.linked_panel("ali", "P", &panel, "marzneshin");
     let server = world.server(&[]);
 
     let reply = sub(&server, "ali", KEY);
@@ -445,14 +457,12 @@ fn an_expired_user_is_blocked_in_utc() {
     let world = World::new("expired");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    let user = world.local_user(OWNER, "ali", 0, 0);
+    let user = world.subscriber("ali", 0, 0);
     world.exec(
         "UPDATE local_users SET expire_at = UTC_TIMESTAMP() - INTERVAL 1 MINUTE WHERE id = ?",
         (user,),
     );
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    world.linked_panel("ali", "P", &panel, "marzneshin");
     let server = world.server(&[]);
     let reply = sub(&server, "ali", KEY);
     assert_eq!(reply.header("X-Disabled-Pushed"), Some("1"));
@@ -475,11 +485,9 @@ fn a_blocked_agent_disables_every_account_of_its_users() {
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
     panel.add_user("bob", vec![vless("B")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
+    world.subscriber("ali", 0, 0);
     world.local_user(OWNER, "bob", 0, 0);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    let id = world.linked_panel("ali", "P", &panel, "marzneshin");
     world.link(OWNER, "bob", id, "bob");
     world.exec(
         "INSERT INTO agents (telegram_user_id, name, plan_limit_bytes, total_used_bytes, active) \
@@ -522,10 +530,8 @@ fn an_expired_agent_blocks_its_users_under_quota() {
     let world = World::new("agentexpired");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    world.subscriber("ali", 0, 0);
+    world.linked_panel("ali", "P", &panel, "marzneshin");
     world.exec(
         "INSERT INTO agents (telegram_user_id, name, plan_limit_bytes, total_used_bytes, \
          expire_at, active) VALUES (?, 'reseller', 0, 0, UTC_TIMESTAMP() - INTERVAL 1 HOUR, 1)",
@@ -547,8 +553,7 @@ fn a_blocked_user_without_links_is_disabled_on_every_owner_panel() {
     let (first, second) = (marzneshin(), marzban());
     first.add_user("ali", vec![vless("A")]);
     second.add_user("ali", vec![vless("B")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 10, 20);
+    world.subscriber("ali", 10, 20);
     world.panel(OWNER, "first", &first, "marzneshin");
     world.panel(OWNER, "second", &second, "marzban");
     let server = world.server(&[]);
@@ -569,10 +574,8 @@ fn a_failed_disable_is_retried_until_the_panel_confirms() {
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
     panel.set_mode(Mode::Status500);
-    world.app_user(OWNER, "ali", KEY);
-    let user = world.local_user(OWNER, "ali", 10, 10);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    let user = world.subscriber("ali", 10, 10);
+    world.linked_panel("ali", "P", &panel, "marzneshin");
     let server = world.server(&[]);
 
     sub(&server, "ali", KEY);
@@ -630,10 +633,8 @@ fn a_dead_panel_is_named_without_its_url_or_error() {
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
     panel.set_mode(Mode::Garbage);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
-    let id = world.panel(OWNER, "Berlin", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    world.subscriber("ali", 0, 0);
+    world.linked_panel("ali", "Berlin", &panel, "marzneshin");
     let server = world.server(&[]);
     let reply = sub(&server, "ali", KEY);
     assert_eq!(reply.status, 200);
@@ -659,11 +660,9 @@ fn each_fault_mode_costs_only_its_own_panel() {
         good.add_user("ali", vec![vless("Good")]);
         bad.add_user("ali", vec![vless("Bad")]);
         bad.set_mode(mode);
-        world.app_user(OWNER, "ali", KEY);
-        world.local_user(OWNER, "ali", 0, 0);
+        world.subscriber("ali", 0, 0);
         let good_id = world.panel(OWNER, "good", &good, "marzneshin");
-        let bad_id = world.panel(OWNER, "bad", &bad, "marzneshin");
-        world.link(OWNER, "ali", bad_id, "ali");
+        world.linked_panel("ali", "bad", &bad, "marzneshin");
         world.link(OWNER, "ali", good_id, "ali");
         let server = world.server(&[("PANEL_LINK_TIMEOUT", "1"), ("PANEL_USER_TIMEOUT", "1")]);
         let started = Instant::now();
@@ -684,8 +683,7 @@ fn panel_calls_stop_before_the_request_deadline_with_what_arrived() {
     fast.add_user("ali", vec![vless("Fast")]);
     slow.add_user("ali", vec![vless("Slow")]);
     slow.set_mode(Mode::Hang);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
+    world.subscriber("ali", 0, 0);
     let slow_id = world.panel(OWNER, "slow", &slow, "marzneshin");
     let fast_id = world.panel(OWNER, "fast", &fast, "marzneshin");
     world.link(OWNER, "ali", slow_id, "ali");
@@ -708,10 +706,8 @@ fn a_failing_panel_serves_its_last_good_answer() {
     let world = World::new("stale");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    world.subscriber("ali", 0, 0);
+    world.linked_panel("ali", "P", &panel, "marzneshin");
     let server = world.server(&[("FETCH_CACHE_TTL", "0")]);
     assert_eq!(lines(&sub(&server, "ali", KEY)), vec![vless("A")]);
     panel.set_mode(Mode::Status500);
@@ -728,10 +724,8 @@ fn the_cache_answers_repeat_requests_without_calling_the_panel() {
     let world = World::new("cache");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    world.subscriber("ali", 0, 0);
+    world.linked_panel("ali", "P", &panel, "marzneshin");
     let server = world.server(&[]);
     sub(&server, "ali", KEY);
     let calls = panel.call_count();
@@ -746,10 +740,8 @@ fn head_answers_the_quota_headers_without_calling_panels() {
     let world = World::new("head");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 5_000, 1_000);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    world.subscriber("ali", 5_000, 1_000);
+    world.linked_panel("ali", "P", &panel, "marzneshin");
     let server = world.server(&[]);
     let reply =
         client::request(server.addr, "HEAD", &format!("/sub/ali/{KEY}/links"), &[]).unwrap();
@@ -766,10 +758,8 @@ fn browsers_get_the_status_page() {
     let world = World::new("page");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
-    let id = world.panel(OWNER, "home", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    world.subscriber("ali", 0, 0);
+    world.linked_panel("ali", "home", &panel, "marzneshin");
     let server = world.server(&[("PUBLIC_BASE_URL", "https://sub.example.com")]);
     let browser = [
         ("Accept", "Text/HTML,application/xhtml+xml"),
@@ -888,10 +878,8 @@ fn disable_happens_once_under_200_concurrent_requests_from_two_processes() {
     let world = World::new("once");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    let user = world.local_user(OWNER, "ali", 100, 500);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    let user = world.subscriber("ali", 100, 500);
+    world.linked_panel("ali", "P", &panel, "marzneshin");
     let servers = [Arc::new(world.server(&[])), Arc::new(world.server(&[]))];
 
     let barrier = Arc::new(std::sync::Barrier::new(200));
@@ -941,8 +929,7 @@ fn a_3x_ui_panel_gives_links_for_every_listed_client() {
     }));
     panel.add_user("ali-phone", vec![]);
     panel.add_user("ali-laptop", vec![]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
+    world.subscriber("ali", 0, 0);
     let id = world.panel(OWNER, "X", &panel, "sanaei");
     world.link(OWNER, "ali", id, "ali-phone,ali-laptop");
     let server = world.server(&[]);
@@ -980,8 +967,7 @@ fn lock_app_users(world: &World) -> mysql::Conn {
 #[test]
 fn an_exhausted_pool_answers_503_at_once_and_says_so_in_the_log() {
     let world = World::new("exhausted");
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
+    world.subscriber("ali", 0, 0);
     let server = Arc::new(world.server(&[
         ("MYSQL_POOL_SIZE", "1"),
         ("MYSQL_ACQUIRE_TIMEOUT_MS", "20"),
@@ -1020,8 +1006,7 @@ fn an_exhausted_pool_answers_503_at_once_and_says_so_in_the_log() {
 #[test]
 fn a_request_past_its_deadline_gets_504() {
     let world = World::new("gateway");
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
+    world.subscriber("ali", 0, 0);
     let server = world.server(&[("REQUEST_TIMEOUT", "1")]);
     let mut lock = lock_app_users(&world);
     let started = Instant::now();
@@ -1050,10 +1035,8 @@ fn sigterm_lets_a_request_in_flight_finish() {
     let world = World::new("inflight");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 0, 0);
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    world.subscriber("ali", 0, 0);
+    world.linked_panel("ali", "P", &panel, "marzneshin");
     panel.set_mode(Mode::Latency(fakepanel::Latency::Fixed(
         Duration::from_millis(1500),
     )));
@@ -1080,15 +1063,13 @@ fn a_user_under_quota_costs_one_database_round_trip() {
     let world = World::new("roundtrip");
     let panel = marzneshin();
     panel.add_user("ali", vec![vless("A")]);
-    world.app_user(OWNER, "ali", KEY);
-    world.local_user(OWNER, "ali", 1_000_000, 10);
+    world.subscriber("ali", 1_000_000, 10);
     world.exec(
         "INSERT INTO agents (telegram_user_id, name, plan_limit_bytes, total_used_bytes) \
          VALUES (?, 'reseller', 0, 0)",
         (OWNER,),
     );
-    let id = world.panel(OWNER, "P", &panel, "marzneshin");
-    world.link(OWNER, "ali", id, "ali");
+    let id = world.linked_panel("ali", "P", &panel, "marzneshin");
     world.exec(
         "INSERT INTO panel_disabled_numbers (telegram_user_id, panel_id, config_index) VALUES (?, ?, 9)",
         (OWNER, id),
